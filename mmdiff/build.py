@@ -1,0 +1,193 @@
+"""Config -> objects, and every check that spans config groups, in one place (STYLE habit 17).
+
+Hydra composes any combination of groups; this module turns the composed config into a dataset,
+a modality adapter, a denoiser and a sampling plan, and rejects combinations that cannot work
+(a 2-D network on 1-D data, an image size the U-Net cannot take, an unknown sampler) with a
+:class:`UserError` that names the fix, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from .core.precond import Precond
+from .core.samplers import SAMPLERS
+from .core.schedules import SCHEDULES, get_sigmas
+from .errors import UserError
+
+MODES = ("train", "sample")
+
+
+def to_container(cfg: DictConfig | dict) -> dict:
+    """A plain, resolved dict of a config (what is saved beside runs and inside checkpoints)."""
+    if isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _instantiate(node: Any, where: str, **kwargs) -> Any:
+    """hydra.utils.instantiate, with the user's mistakes turned into one clear message."""
+    try:
+        return instantiate(node, **kwargs)
+    except MissingMandatoryValue as e:
+        key = f"{where}.{e.key}" if getattr(e, "key", None) else where
+        raise UserError(f"{key} is required but not set: add {key}=... to the command line") from None
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, MissingMandatoryValue):
+            raise UserError(f"{where}.{cause.key} is required but not set: add {where}.{cause.key}=... "
+                            "to the command line") from None
+        raise UserError(f"could not build {where} from its config: {cause or e}") from None
+    except TypeError as e:  # an option the target does not take
+        raise UserError(f"could not build {where} from its config: {e}") from None
+
+
+# --- checks on single values ---------------------------------------------------------------------
+
+def _positive(value, key: str, integer: bool = True, allow_zero: bool = False) -> None:
+    kind = int if integer else (int, float)
+    bad = not isinstance(value, kind) or isinstance(value, bool) or (value < 0 if allow_zero else value <= 0)
+    if bad:
+        need = "a non-negative" if allow_zero else "a positive"
+        raise UserError(f"{key}={value!r} is invalid: it must be {need} {'integer' if integer else 'number'}")
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """Checks of the top-level and trainer options, before anything is loaded."""
+    if cfg.mode not in MODES:
+        raise UserError(f"mode={cfg.mode} is unknown: use one of {', '.join(MODES)}")
+    check_sampling_config(cfg)
+    if cfg.mode == "train":
+        t = cfg.trainer
+        for key in ("max_steps", "batch_size", "warmup_steps", "log_every", "sample_every", "checkpoint_every",
+                    "max_nonfinite"):
+            _positive(t[key], f"trainer.{key}", allow_zero=key in ("warmup_steps", "sample_every", "checkpoint_every"))
+        for key in ("max_seconds", "lr"):
+            _positive(t[key], f"trainer.{key}", integer=False)
+        if not 0 <= t.label_dropout < 1:
+            raise UserError(f"trainer.label_dropout={t.label_dropout} must be in [0, 1)")
+
+
+def check_sampling_config(cfg: DictConfig) -> None:
+    s = cfg.sampler
+    if s.name not in SAMPLERS:
+        raise UserError(f"sampler.name={s.name} is unknown: use one of {', '.join(sorted(SAMPLERS))}")
+    if s.schedule not in SCHEDULES:
+        raise UserError(f"sampler.schedule={s.schedule} is unknown: use one of {', '.join(sorted(SCHEDULES))}")
+    _positive(cfg.steps, "steps")
+    _positive(cfg.n, "n")
+    _positive(cfg.batch_size, "batch_size")
+    _positive(cfg.guidance, "guidance", integer=False, allow_zero=True)
+
+
+# --- data and modality ---------------------------------------------------------------------------
+
+def build_modality(cfg: DictConfig | dict):
+    return _instantiate(cfg["modality"], "modality")
+
+
+def build_dataset(cfg: DictConfig):
+    dataset = _instantiate(cfg.dataset, "dataset")
+    if len(dataset) == 0:
+        raise UserError("the dataset is empty: check dataset.root and the dataset options")
+    return dataset
+
+
+def data_info(x: torch.Tensor, dataset) -> dict:
+    """What a checkpoint must remember about its data: the model-space shape and the class names."""
+    return {"shape": list(x.shape[1:]), "class_names": list(dataset.class_names), "dataset": dataset.name}
+
+
+# --- model and denoiser --------------------------------------------------------------------------
+
+def resolve_model_config(model_cfg: DictConfig | dict, info: dict) -> dict:
+    """Fill the model's ``auto`` options from the data and check that the network can take it."""
+    m = to_container(model_cfg)
+    shape = info["shape"]
+    if m.get("in_channels") == "auto":
+        m["in_channels"] = shape[0]
+    if m.get("num_classes") == "auto":
+        m["num_classes"] = len(info["class_names"])
+    if m.get("in_channels") != shape[0]:
+        raise UserError(f"model.in_channels={m.get('in_channels')} but the data has {shape[0]} channel(s): "
+                        "use model.in_channels=auto")
+    dims = m.get("dims")
+    if dims is not None and dims != len(shape) - 1:
+        raise UserError(f"model.dims={dims} but the data has {len(shape) - 1} spatial dim(s) (shape {shape}): "
+                        f"choose a model for {len(shape) - 1}-D data")
+    return m
+
+
+def build_net(model_cfg: dict, info: dict) -> torch.nn.Module:
+    net = _instantiate(model_cfg, "model")
+    try:
+        net.check_input_shape(info["shape"][1:])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return net
+
+
+def build_denoiser(cfg: DictConfig | dict, model_cfg: dict, info: dict) -> Precond:
+    """The raw network wrapped in the diffusion config's parametrization."""
+    net = build_net(model_cfg, info)
+    make_precond = _instantiate(cfg["diffusion"]["precond"], "diffusion.precond")
+    return make_precond(net)
+
+
+# --- sampling plan -------------------------------------------------------------------------------
+
+def build_sigmas(sampler_cfg: DictConfig | dict, steps: int, diffusion_cfg: DictConfig | dict) -> torch.Tensor:
+    """The decreasing noise levels a sampler visits, ending in 0."""
+    options = dict(sampler_cfg.get("schedule_options") or {})
+    try:
+        return get_sigmas(sampler_cfg["schedule"], int(steps), float(diffusion_cfg["sigma_min"]),
+                          float(diffusion_cfg["sigma_max"]), **options)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad sampling schedule (sampler.schedule={sampler_cfg['schedule']}, "
+                        f"sampler.schedule_options={options}, steps={steps}): {e}") from None
+
+
+def resolve_labels(value: Any, n: int, class_names: list[str]) -> torch.Tensor | None:
+    """Labels for n samples: None (unconditional model), the classes in turn (value null), or the
+    class(es) a user asked for by index or name."""
+    k = len(class_names)
+    if k == 0:
+        if value is not None:
+            raise UserError(f"class={value} was given but the model is unconditional (it has no classes)")
+        return None
+    if value is None:
+        per_class = -(-n // k)  # ceil: a grid row per class
+        return torch.arange(n) // per_class
+    wanted = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    labels = []
+    for v in wanted:
+        if str(v) in class_names:
+            labels.append(class_names.index(str(v)))
+        elif isinstance(v, int) and 0 <= v < k:
+            labels.append(v)
+        else:
+            raise UserError(f"class={v} is not a class of this model: use an index 0..{k - 1} or one of {class_names}")
+    return torch.tensor(labels).repeat_interleave(-(-n // len(labels)))[:n]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name} is not a device: use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available here: use device=cpu or device=auto")
+    return device

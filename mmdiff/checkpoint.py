@@ -1,0 +1,143 @@
+"""Checkpoints: one safetensors file holding weights, EMA weights, optimizer and RNG state, with the
+run's resolved config and data description in its metadata.
+
+- Loading never unpickles: safetensors holds only tensors and strings (a pickle-based file is refused).
+- Writing is atomic: a temporary file in the same folder, flushed to disk, then renamed over the
+  target, so a crash leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+
+FORMAT = "mmdiff-checkpoint"
+VERSION = "1"
+
+
+@dataclass
+class Checkpoint:
+    config: dict                      # the run's resolved config (plain containers)
+    data: dict                        # what the model was trained on: shape, class_names
+    step: int = 0
+    samples_seen: int = 0
+    model: dict[str, torch.Tensor] = field(default_factory=dict)      # the denoiser's state_dict
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)        # the EMA denoiser's state_dict
+    optimizer: dict | None = None     # torch.optim state_dict
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)        # generator states (uint8 tensors)
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{idx}/{key}"] = value
+            else:
+                scalars[f"{idx}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split("/", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    # JSON turned tuples (AdamW's betas) into lists; give the optimizer back what it stored
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v for k, v in ckpt.model.items()}
+    tensors |= {f"ema/{k}": v for k, v in ckpt.ema.items()}
+    tensors |= {f"rng/{k}": v for k, v in ckpt.rng.items()}
+    metadata = {
+        "format": FORMAT, "version": VERSION, "step": str(ckpt.step), "samples_seen": str(ckpt.samples_seen),
+        "config": json.dumps(ckpt.config), "data": json.dumps(ckpt.data),
+    }
+    if ckpt.optimizer is not None:
+        opt_tensors, opt_meta = _flatten_optimizer(ckpt.optimizer)
+        tensors |= opt_tensors
+        metadata["optimizer"] = json.dumps(opt_meta)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata=metadata)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def resolve_checkpoint_path(path: str | Path | None) -> Path:
+    """The file a ``checkpoint=`` value names: a .safetensors file, or a run folder holding last.safetensors."""
+    hint = "pass checkpoint=PATH to a .safetensors file written by training (e.g. outputs/<date>/<time>/last.safetensors)"
+    if path is None or str(path) in ("", "None", "null"):
+        raise UserError(f"no checkpoint given: {hint}")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / "last.safetensors").is_file():
+            return path / "last.safetensors"
+        raise UserError(f"checkpoint={path} is a folder without last.safetensors: {hint}")
+    if not path.is_file():
+        raise UserError(f"checkpoint={path} does not exist: {hint}")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; every problem is a :class:`UserError`."""
+    path = resolve_checkpoint_path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80" or head == b"PK\x03\x04":
+        raise UserError(
+            f"{path} is a pickle-based PyTorch file; mmdiff loads only its own safetensors checkpoints and never "
+            "unpickles a file, since unpickling can run arbitrary code. Use a checkpoint written by mmdiff training."
+        )
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise UserError(f"{path} is a safetensors file but not an mmdiff checkpoint (no '{FORMAT}' metadata): "
+                                "use a checkpoint written by mmdiff training")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({e}): use an intact checkpoint, e.g. the run's "
+                        "last.safetensors, or train again") from None
+    if meta.get("version") != VERSION:
+        raise UserError(f"{path} has checkpoint format version {meta.get('version')}, this mmdiff reads version "
+                        f"{VERSION}: use the mmdiff release that wrote it")
+
+    def group(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    optimizer = None
+    if "optimizer" in meta:
+        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim/")}
+        optimizer = _unflatten_optimizer(opt_tensors, json.loads(meta["optimizer"]))
+    return Checkpoint(
+        config=json.loads(meta["config"]), data=json.loads(meta["data"]), step=int(meta["step"]),
+        samples_seen=int(meta["samples_seen"]), model=group("model/"), ema=group("ema/"), optimizer=optimizer,
+        rng=group("rng/"),
+    )

@@ -1,0 +1,91 @@
+"""Parametrizations: wrappers that turn a raw network F into a denoiser D(x, sigma, labels).
+
+Every wrapper computes (Karras et al. 2022, "EDM", Eq. 7)
+
+    D(x; sigma) = c_skip(sigma) * x + c_out(sigma) * F(c_in(sigma) * x, c_noise(sigma), labels)
+
+and differs only in the four scalings (EDM Table 1; k-diffusion's external.py for v). The network
+never knows which one it is trained under: it takes (x, c_noise [B], labels [B] or None) and returns
+a tensor shaped like x. All wrappers use c_noise = ln(sigma) / 4 (EDM), so one network architecture
+serves every parametrization and every schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .schedules import append_dims
+
+
+class Precond(nn.Module):
+    """Base class; subclasses define :meth:`scalings`. ``sigma_data`` is the data's standard deviation."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        self.net = net
+        self.sigma_data = float(sigma_data)
+
+    def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out, c_in), each shaped like ``sigma``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def c_noise(sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.log() / 4
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, *spatial]; sigma: [B] (or a scalar); returns the denoised estimate, shaped like x."""
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.scalings(sigma))
+        F_x = self.net(c_in * x, self.c_noise(sigma), labels)
+        return c_skip * x + c_out * F_x.to(x.dtype)
+
+    def target(self, x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's regression target F_target = (x0 - c_skip x) / c_out (EDM Eq. 8)."""
+        c_skip, c_out, _ = (append_dims(c, x.ndim) for c in self.scalings(sigma))
+        return (x0 - c_skip * x) / c_out
+
+
+class EDMPrecond(Precond):
+    """EDM preconditioning (Karras et al. 2022, Eq. 7 and Table 1)."""
+
+    def scalings(self, sigma):
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1 / (sigma**2 + sd2).sqrt()
+        return c_skip, c_out, c_in
+
+
+class EpsPrecond(Precond):
+    """Noise prediction (Ho et al. 2020): F predicts the noise, D = x - sigma * F.
+
+    The input is scaled to unit variance for unit-variance noise and data of std ``sigma_data``:
+    with sigma_data = 1 this is exactly the VP input x_t = x / sqrt(1 + sigma^2) (EDM Table 1).
+    """
+
+    def scalings(self, sigma):
+        return torch.ones_like(sigma), -sigma, 1 / (sigma**2 + self.sigma_data**2).sqrt()
+
+
+class X0Precond(Precond):
+    """Data prediction: F predicts x0 directly, D = F."""
+
+    def scalings(self, sigma):
+        return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma**2 + self.sigma_data**2).sqrt()
+
+
+class VPrecond(Precond):
+    """Velocity prediction (Salimans & Ho 2022): with sigma_data = 1 the target is
+    v = alpha * noise - s * x0 of the VP process x_t = alpha x0 + s noise."""
+
+    def scalings(self, sigma):
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = -sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1 / (sigma**2 + sd2).sqrt()
+        return c_skip, c_out, c_in
+
+
+PRECONDS = {"edm": EDMPrecond, "eps": EpsPrecond, "x0": X0Precond, "v": VPrecond}

@@ -1,0 +1,167 @@
+"""Noise levels: one convention, x_sigma = x_0 + sigma * noise (Karras et al. 2022, "EDM").
+
+Variance-preserving (VP) processes write x_t = alpha_t * x_0 + s_t * noise. Dividing by alpha_t
+gives the convention above with sigma = s_t / alpha_t, i.e. alpha_bar = 1 / (1 + sigma^2)
+(EDM, Eq. 4 and Table 1). Every VP schedule here is expressed through that map.
+
+Two kinds of objects live here:
+- sampling schedules: ``fn(n, sigma_min, sigma_max, **params) -> sigmas`` with n + 1 entries,
+  strictly decreasing, the last one exactly 0 (the sampler's final step lands on the data);
+- training noise levels: small callables ``noise(batch_size, generator=None) -> sigma [B]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims so that ``x`` ([B]) broadcasts against a rank-``ndim`` tensor."""
+    missing = ndim - x.ndim
+    if missing < 0:
+        raise ValueError(f"input has {x.ndim} dims but target ndim is {ndim}, which is less")
+    return x[(...,) + (None,) * missing]
+
+
+def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+# --- VP processes in sigma coordinates ---------------------------------------------------------
+
+def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar)  (EDM, Table 1: sigma(t) for VP)."""
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    return 1 / (1 + sigma**2)
+
+
+def ddpm_linear_alpha_bar(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """alpha_bar_t for DDPM's linear beta schedule (Ho et al. 2020, Sec. 4), t = 0..T-1, float64."""
+    betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    """Continuous cosine schedule, t in [0, 1] (Nichol & Dhariwal 2021, Eq. 17)."""
+    f = lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return f(t) / f(torch.zeros_like(t))
+
+
+def cosine_discrete_alpha_bar(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """alpha_bar_t of the discrete cosine schedule with betas clipped at ``max_beta``
+    (Nichol & Dhariwal 2021, Sec. 3.2), t = 0..T-1, float64."""
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    ab = cosine_alpha_bar(t, s)
+    betas = (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def vp_sigma(t: torch.Tensor, beta_d: float = 19.9, beta_min: float = 0.1) -> torch.Tensor:
+    """sigma(t) of the continuous VP-linear process (Song et al. 2021; EDM Table 1), t in (0, 1]."""
+    return torch.expm1(0.5 * beta_d * t**2 + beta_min * t).sqrt()
+
+
+def vp_sigma_inv(sigma: torch.Tensor, beta_d: float = 19.9, beta_min: float = 0.1) -> torch.Tensor:
+    """Inverse of :func:`vp_sigma`: solves 0.5 beta_d t^2 + beta_min t = log(1 + sigma^2) for t."""
+    return ((beta_min**2 + 2 * beta_d * torch.log1p(sigma**2)).sqrt() - beta_min) / beta_d
+
+
+def cosine_sigma(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    """sigma(t) of the continuous cosine process, t in [0, 1)."""
+    return sigma_from_alpha_bar(cosine_alpha_bar(t, s))
+
+
+def cosine_sigma_inv(sigma: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    """Inverse of :func:`cosine_sigma`: cos(pi/2 (t+s)/(1+s)) = sqrt(alpha_bar) cos(pi/2 s/(1+s))."""
+    c0 = math.cos(s / (1 + s) * math.pi / 2)
+    return torch.acos(alpha_bar_from_sigma(sigma).sqrt() * c0) * 2 / math.pi * (1 + s) - s
+
+
+# --- sampling schedules --------------------------------------------------------------------------
+
+def _check(n: int, sigma_min: float, sigma_max: float) -> None:
+    if n < 1:
+        raise ValueError(f"a sampling schedule needs at least 1 step, got steps={n}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+
+
+def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """EDM's schedule (Karras et al. 2022, Eq. 5): uniform steps in sigma^(1/rho)."""
+    _check(n, sigma_min, sigma_max)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def log_uniform(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Uniform steps in log sigma (uniform in log-SNR)."""
+    _check(n, sigma_min, sigma_max)
+    return append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp())
+
+
+def vp_linear(n: int, sigma_min: float, sigma_max: float, beta_d: float = 19.9, beta_min: float = 0.1) -> torch.Tensor:
+    """Uniform steps in the time of the VP-linear process between sigma_max and sigma_min
+    (EDM Table 1, "VP" column, with the end points taken from sigma_min/sigma_max)."""
+    _check(n, sigma_min, sigma_max)
+    lim = torch.tensor([sigma_max, sigma_min], dtype=torch.float64)
+    t_max, t_min = vp_sigma_inv(lim, beta_d, beta_min).tolist()
+    return append_zero(vp_sigma(torch.linspace(t_max, t_min, n, dtype=torch.float64), beta_d, beta_min))
+
+
+def cosine(n: int, sigma_min: float, sigma_max: float, s: float = 0.008) -> torch.Tensor:
+    """Uniform steps in the time of the cosine process between sigma_max and sigma_min."""
+    _check(n, sigma_min, sigma_max)
+    lim = torch.tensor([sigma_max, sigma_min], dtype=torch.float64)
+    t_max, t_min = cosine_sigma_inv(lim, s).tolist()
+    return append_zero(cosine_sigma(torch.linspace(t_max, t_min, n, dtype=torch.float64), s))
+
+
+SCHEDULES = {"karras": karras, "log_uniform": log_uniform, "vp_linear": vp_linear, "cosine": cosine}
+
+
+def get_sigmas(name: str, n: int, sigma_min: float, sigma_max: float, **params) -> torch.Tensor:
+    """Look up a sampling schedule by name; returns float64 sigmas of length n + 1 ending in 0."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return SCHEDULES[name](n, sigma_min, sigma_max, **params)
+
+
+# --- training noise levels -----------------------------------------------------------------------
+
+class LogNormalSigma:
+    """EDM's training distribution: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, Sec. 5)."""
+
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2):
+        self.P_mean, self.P_std = P_mean, P_std
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return (torch.randn(batch_size, generator=generator) * self.P_std + self.P_mean).exp()
+
+
+class DiscreteVPSigma:
+    """DDPM's training distribution: t ~ U{0..T-1}, sigma = sigma(alpha_bar_t).
+
+    ``schedule`` is ``"linear"`` (Ho et al. 2020) or ``"cosine"`` (Nichol & Dhariwal 2021).
+    ``sigmas`` holds the T discrete levels, increasing; ``sigma_min``/``sigma_max`` their range.
+    """
+
+    def __init__(self, schedule: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 s: float = 0.008):
+        if schedule == "linear":
+            alpha_bar = ddpm_linear_alpha_bar(T, beta_start, beta_end)
+        elif schedule == "cosine":
+            alpha_bar = cosine_discrete_alpha_bar(T, s)
+        else:
+            raise ValueError(f"unknown VP schedule {schedule!r}; choose 'linear' or 'cosine'")
+        self.sigmas = sigma_from_alpha_bar(alpha_bar).float()
+        self.sigma_min, self.sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        t = torch.randint(0, len(self.sigmas), (batch_size,), generator=generator)
+        return self.sigmas[t]
