@@ -109,8 +109,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; every problem is a :class:`UserError`."""
     path = resolve_checkpoint_path(path)
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] == b"\x80" or head == b"PK\x03\x04":
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte can be
+    # 0x80 like a pickle's, so only a file without the "{" at offset 8 is taken for a pickle or a zip.
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"):
         raise UserError(
             f"{path} is a pickle-based PyTorch file; mmdiff loads only its own safetensors checkpoints and never "
             "unpickles a file, since unpickling can run arbitrary code. Use a checkpoint written by mmdiff training."

@@ -80,6 +80,18 @@ def test_pickles_are_refused_and_never_run(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_header_length_whose_first_byte_looks_like_a_pickle_still_loads(tmp_path):
+    # regression: safetensors files begin with their header length; a low byte of 0x80 is the pickle opcode
+    ckpt = make_checkpoint()[0]
+    for pad in range(0, 512):
+        ckpt.data["pad"] = "x" * pad
+        path = C.save_checkpoint(tmp_path / "last.safetensors", ckpt)
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert C.load_checkpoint(path).data["pad"] == ckpt.data["pad"]
+
+
 def test_truncated_and_foreign_files_are_reported(tmp_path):
     path = C.save_checkpoint(tmp_path / "last.safetensors", make_checkpoint()[0])
     data = path.read_bytes()
