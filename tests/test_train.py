@@ -9,6 +9,8 @@ from mmdiff.checkpoint import load_checkpoint
 from mmdiff.errors import UserError
 from mmdiff.train import Batches, train
 
+from .conftest import SHARED_DATA
+
 
 def test_a_tiny_run_writes_config_metrics_samples_and_checkpoint(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.sample_every=3")
@@ -79,3 +81,24 @@ def test_batches_cover_each_epoch_once_and_depend_only_on_the_step():
     assert len(set(epoch0.tolist())) == 9  # 3 batches of 3, the last partial batch dropped
     assert not torch.equal(b.indices(3), b.indices(0))  # a new order next epoch
     assert torch.equal(Batches(10, 3, seed=0).indices(4), b.indices(4))
+
+
+def test_trains_on_a_folder_of_rgb_images(tiny_cfg, tmp_path):
+    import numpy as np
+    from PIL import Image
+    for c, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        (tmp_path / "data" / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((20, 30, 3), colour, dtype=np.uint8)).save(tmp_path / "data" / f"class{c}" / f"{i}.png")
+    cfg = tiny_cfg("dataset=image_folder", f"dataset.root={tmp_path / 'data'}", "dataset.size=16",
+                   "trainer.max_steps=2")
+    ckpt = load_checkpoint(train(cfg, tmp_path / "run"))
+    assert ckpt.data == {"shape": [3, 16, 16], "class_names": ["class0", "class1"], "dataset": "image_folder"}
+    assert ckpt.config["model"]["in_channels"] == 3 and ckpt.config["model"]["num_classes"] == 2
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="../shared/data/mnist is absent")
+def test_trains_on_the_real_mnist_files(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("dataset=mnist", f"dataset.root={SHARED_DATA / 'mnist'}", "trainer.max_steps=1")
+    ckpt = load_checkpoint(train(cfg, tmp_path))
+    assert ckpt.data["shape"] == [1, 28, 28] and ckpt.data["dataset"] == "mnist"
