@@ -9,6 +9,7 @@ a modality adapter, a denoiser and a sampling plan, and rejects combinations tha
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -93,8 +94,28 @@ def check_sampling_config(cfg: DictConfig) -> None:
 
 # --- data and modality ---------------------------------------------------------------------------
 
-def build_modality(cfg: DictConfig | dict):
-    return _instantiate(cfg["modality"], "modality")
+def total_downsampling(model_cfg: DictConfig | dict) -> int:
+    """The factor by which a U-Net config shrinks each spatial dim (what inputs must be a multiple of)."""
+    levels = len(model_cfg["channel_mult"])
+    factors = model_cfg.get("down_factors", 2)
+    return factors ** (levels - 1) if isinstance(factors, int) else math.prod(factors)
+
+
+def resolve_modality_config(cfg: DictConfig) -> dict:
+    """The modality config with its ``auto`` options filled in from the model: ``representation``
+    (waveform for a 1-D model, ``modality.spectrogram`` otherwise) and ``pad_to`` (the model's total
+    down-sampling, so that the padded data fits the U-Net)."""
+    m = to_container(cfg.modality)
+    if m.get("representation") == "auto":
+        m["representation"] = "waveform" if cfg.model.get("dims") == 1 else m.get("spectrogram", "stft")
+    if m.get("pad_to") == "auto":
+        m["pad_to"] = total_downsampling(cfg.model)
+    return m
+
+
+def build_modality(modality_cfg: DictConfig | dict):
+    """The modality adapter from its (resolved) config node."""
+    return _instantiate(modality_cfg, "modality")
 
 
 def build_dataset(cfg: DictConfig):

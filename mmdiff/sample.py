@@ -57,7 +57,7 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     x = generate(denoiser, shape=info["shape"], labels=labels, n=cfg.n, sampler=cfg.sampler.name, sigmas=sigmas,
                  guidance=cfg.guidance, null_label=len(class_names), seed=cfg.seed, batch_size=cfg.batch_size,
                  sampler_options=dict(cfg.sampler.options), device=device)
-    modality = build_modality(run_cfg)
+    modality = build_modality(run_cfg["modality"])
     paths = modality.save_samples(x, labels, class_names or None, Path(cfg.out))
     log.info("wrote %d files to %s", len(paths), cfg.out)
     return paths

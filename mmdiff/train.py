@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .build import (_instantiate, build_dataset, build_denoiser, build_modality, build_sigmas, data_info,
-                    pick_device, resolve_labels, resolve_model_config, to_container)
+                    pick_device, resolve_labels, resolve_modality_config, resolve_model_config, to_container)
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .core.ema import EMA
 from .core.guidance import drop_labels
@@ -90,13 +90,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
     device = pick_device(cfg.device)
 
     # data, in model space, on the device
-    modality = build_modality(cfg)
+    modality_cfg = resolve_modality_config(cfg)
+    modality = build_modality(modality_cfg)
     dataset = build_dataset(cfg)
     x_data = modality.encode(dataset.data).to(device)
     y_data = dataset.labels.to(device)
     info = data_info(x_data, dataset)
     model_cfg = resolve_model_config(cfg.model, info)
-    resolved = to_container(cfg) | {"model": model_cfg}
+    resolved = to_container(cfg) | {"model": model_cfg, "modality": modality_cfg}
 
     denoiser = build_denoiser(cfg, model_cfg, info).to(device)
     conditional = bool(model_cfg.get("num_classes"))

@@ -43,3 +43,24 @@ def test_unknown_group_option_lists_the_choices(tmp_path):
     result = mmdiff("sampler=nope", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Available options in 'sampler'" in result.stderr and "dpmpp_2m" in result.stderr
+
+
+TINY_AUDIO = TINY + ["modality=audio", "model.channel_mult=[1,2,2]", "model.attn_levels=[2]", "dataset.per_pitch=1",
+                     "n=4", "trainer.batch_size=8"]
+
+
+@pytest.mark.parametrize("model", ["unet1d", "spec_unet"])
+def test_audio_train_then_sample_writes_wavs_spectrograms_and_a_page(tmp_path, model):
+    extra = ["model.down_factors=[4,4]"] if model == "unet1d" else []
+    train = mmdiff(*TINY_AUDIO, f"model={model}", *extra, "hydra.run.dir=run", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert (tmp_path / "run" / "samples" / "step_0000006.wav").is_file()
+    sample = mmdiff("mode=sample", "checkpoint=run", "n=3", "class=pluck", "steps=3", "out=gen", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr
+    names = sorted(p.name for p in (tmp_path / "gen").iterdir())
+    assert names == ["grid.png", "grid.wav", "index.html"] + [f"sample_{i:05d}.{e}" for i in range(3) for e in ("png", "wav")]
+    import soundfile as sf
+    wave, rate = sf.read(tmp_path / "gen" / "sample_00000.wav")
+    assert rate == 8000 and len(wave) >= 4000
+    page = (tmp_path / "gen" / "index.html").read_text()
+    assert page.count("<audio") == 4 and "pluck" in page  # a player per sample, and one for grid.wav

@@ -10,7 +10,6 @@ The coefficients follow Zhao et al., Algorithms 1-2 and their reference implemen
 
 from __future__ import annotations
 
-import math
 
 import torch
 
