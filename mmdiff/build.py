@@ -71,8 +71,8 @@ def check_run_config(cfg: DictConfig) -> None:
     check_sampling_config(cfg)
     if cfg.mode == "train":
         t = cfg.trainer
-        for key in ("max_steps", "batch_size", "warmup_steps", "log_every", "sample_every", "checkpoint_every",
-                    "max_nonfinite"):
+        for key in ("max_steps", "batch_size", "grad_accum", "warmup_steps", "log_every", "sample_every",
+                    "checkpoint_every", "max_nonfinite"):
             _positive(t[key], f"trainer.{key}", allow_zero=key in ("warmup_steps", "sample_every", "checkpoint_every"))
         for key in ("max_seconds", "lr"):
             _positive(t[key], f"trainer.{key}", integer=False)
@@ -98,7 +98,8 @@ def total_downsampling(model_cfg: DictConfig | dict) -> int:
     """The factor by which a U-Net config shrinks each spatial dim (what inputs must be a multiple of)."""
     levels = len(model_cfg["channel_mult"])
     factors = model_cfg.get("down_factors", 2)
-    return factors ** (levels - 1) if isinstance(factors, int) else math.prod(factors)
+    total = factors ** (levels - 1) if isinstance(factors, int) else math.prod(factors)
+    return total * model_cfg.get("patch_size", 1)
 
 
 def resolve_modality_config(cfg: DictConfig) -> dict:

@@ -174,6 +174,30 @@ class Block(nn.Module):
 
 # --- resampling ------------------------------------------------------------------------------------
 
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Space-to-depth: [B, C, s_1, ..., s_d] -> [B, C * p^d, s_1 / p, ..., s_d / p]: each p x ... x p
+    patch becomes channels (pixel_unshuffle for any number of dims; the patch embedding of ViT/DiT).
+    Lossless; :func:`unpatchify` inverts it exactly."""
+    if p == 1:
+        return x
+    B, C, *s = x.shape
+    d = len(s)
+    x = x.reshape(B, C, *[v for n in s for v in (n // p, p)])            # [B, C, s1/p, p, s2/p, p, ...]
+    x = x.permute(0, 1, *range(3, 3 + 2 * d, 2), *range(2, 2 + 2 * d, 2))  # [B, C, p, ..., s1/p, ...]
+    return x.reshape(B, C * p**d, *[n // p for n in s])
+
+
+def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Depth-to-space, the inverse of :func:`patchify`: [B, C * p^d, *s] -> [B, C, *(s * p)]."""
+    if p == 1:
+        return x
+    B, Cp, *s = x.shape
+    d = len(s)
+    x = x.reshape(B, Cp // p**d, *[p] * d, *s)                              # [B, C, p, ..., s1, ...]
+    x = x.permute(0, 1, *[v for i in range(d) for v in (2 + d + i, 2 + i)])  # [B, C, s1, p, s2, p, ...]
+    return x.reshape(B, Cp // p**d, *[n * p for n in s])
+
+
 class Downsample(nn.Module):
     """Average-pool by ``factor`` along every spatial dim, then a 3-tap conv: [B, C, *s] -> [B, C, *s/factor].
 

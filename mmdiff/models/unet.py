@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import EMBEDDINGS, Block, Downsample, ResBlock, Upsample, conv_nd, group_norm, zero_init
+from .layers import (EMBEDDINGS, Block, Downsample, ResBlock, Upsample, conv_nd, group_norm, patchify, unpatchify,
+                     zero_init)
 
 
 class UNet(nn.Module):
@@ -45,14 +46,16 @@ class UNet(nn.Module):
                  channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2), num_blocks: int = 2,
                  attn_levels: Sequence[int] = (), head_channels: int = 32, dropout: float = 0.0,
                  num_classes: int = 0, embedding: str = "positional",
-                 down_factors: Sequence[int] | int = 2, groups: int = 32):
+                 down_factors: Sequence[int] | int = 2, groups: int = 32, patch_size: int = 1):
         super().__init__()
         channel_mult = [int(m) for m in channel_mult]
         attn_levels = sorted({int(a) for a in attn_levels})
         factors = _check_config(dims, channels, channel_mult, num_blocks, attn_levels, head_channels,
                                 dropout, num_classes, embedding, down_factors, groups)
         out_channels = in_channels if out_channels is None else out_channels
-        self.dims, self.num_classes, self.down_factors = dims, num_classes, factors
+        if patch_size < 1:
+            raise ValueError(f"model.patch_size={patch_size}: must be >= 1")
+        self.dims, self.num_classes, self.down_factors, self.patch_size = dims, num_classes, factors, patch_size
         widths = [channels * m for m in channel_mult]
         for w in widths:
             group_norm(w, groups)  # fail before building anything if a level's width does not split
@@ -69,7 +72,9 @@ class UNet(nn.Module):
                          head_channels=head_channels, dropout=dropout, groups=groups)
 
         # Down path; skip_chs records the width of every tensor pushed on the skip stack.
-        self.conv_in = conv_nd(dims, in_channels, widths[0], 3)
+        # With patch_size p > 1 the network runs on p^dims-channel patches (space-to-depth, as in ViT/DiT
+        # patch embeddings): p^dims times fewer positions at every level, for long waveforms or large images.
+        self.conv_in = conv_nd(dims, in_channels * patch_size**dims, widths[0], 3)
         ch, skip_chs = widths[0], [widths[0]]
         self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
         for level, width in enumerate(widths):
@@ -102,12 +107,12 @@ class UNet(nn.Module):
                 self.upsamples.append(Upsample(dims, ch, factors[level - 1]))
 
         self.norm_out = group_norm(ch, groups)
-        self.conv_out = zero_init(conv_nd(dims, ch, out_channels, 3))
+        self.conv_out = zero_init(conv_nd(dims, ch, out_channels * patch_size**dims, 3))
 
     @property
     def total_downsampling(self) -> int:
-        """The product of the down-sampling factors: every spatial size must be a multiple of it."""
-        return math.prod(self.down_factors)
+        """The patch size times the down-sampling factors: every spatial size must be a multiple of it."""
+        return self.patch_size * math.prod(self.down_factors)
 
     def check_input_shape(self, spatial: Sequence[int]) -> None:
         """Raise ValueError, with a fix, unless the network can take inputs of spatial size ``spatial``."""
@@ -121,9 +126,10 @@ class UNet(nn.Module):
         if any(s % total for s in spatial):
             fixed = tuple(-(-s // total) * total for s in spatial)
             example = fixed[0] if len(set(fixed)) == 1 else fixed
-            how = " x ".join(map(str, self.down_factors))
+            how = " x ".join(map(str, ([self.patch_size] if self.patch_size > 1 else []) + list(self.down_factors)))
+            parts = f"{'patch ' if self.patch_size > 1 else ''}{how} over {len(self.down_factors) + 1} levels"
             raise ValueError(f"input size {_fmt(spatial)} is not divisible by {total}, the U-Net's total "
-                             f"down-sampling ({how} over {len(self.down_factors) + 1} levels): use a size that "
+                             f"down-sampling ({parts}): use a size that "
                              f"is a multiple of {total} (e.g. {example}) or fewer levels in model.channel_mult "
                              f"(or smaller model.down_factors)")
 
@@ -139,7 +145,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, in_channels, *spatial]; c_noise: [B]; labels: [B] int64 or None -> [B, out_channels, *spatial]."""
         emb = self.embed(c_noise, labels).to(x.dtype)
-        h = self.conv_in(x)
+        h = self.conv_in(patchify(x, self.patch_size))
         skips = [h]
         for level, blocks in enumerate(self.down_blocks):
             for blk in blocks:
@@ -155,7 +161,7 @@ class UNet(nn.Module):
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
             if level < len(self.upsamples):
                 h = self.upsamples[level](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return unpatchify(self.conv_out(F.silu(self.norm_out(h))), self.patch_size)
 
 
 def _fmt(spatial: tuple[int, ...]) -> str:

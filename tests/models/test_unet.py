@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -213,3 +215,29 @@ def test_hydra_style_list_arguments_are_accepted():
     cfg = OmegaConf.create(dict(channel_mult=[1, 2], attn_levels=[1], down_factors=[2]))
     net = tiny(channel_mult=cfg.channel_mult, attn_levels=cfg.attn_levels, down_factors=cfg.down_factors)
     assert run(net, (4, 4)).shape == (2, 1, 4, 4)
+
+
+@pytest.mark.parametrize("shape,p", [((2, 3, 12), 4), ((2, 3, 8, 12), 2), ((1, 2, 4, 6, 8), 2)])
+def test_patchify_is_space_to_depth_and_unpatchify_inverts_it(shape, p):
+    from mmdiff.models.layers import patchify, unpatchify
+    x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    y = patchify(x, p)
+    d = len(shape) - 2
+    assert y.shape == (shape[0], shape[1] * p**d, *[s // p for s in shape[2:]])
+    assert torch.equal(unpatchify(y, p), x)
+    if d == 2:  # the same as pixel_unshuffle
+        assert torch.equal(y, torch.nn.functional.pixel_unshuffle(x, p))
+    if d == 1:  # channel c * p + j of position i holds sample i * p + j
+        assert torch.equal(y[0, 1 * p + 2, 1], x[0, 1, 1 * p + 2])
+
+
+@pytest.mark.parametrize("dims,spatial", [(1, (64,)), (2, (8, 16))])
+def test_patched_unet_keeps_the_shape_and_needs_the_patch_in_the_size(dims, spatial):
+    net = UNet(dims=dims, in_channels=2, channels=16, channel_mult=[1, 2], groups=8, patch_size=4,
+               down_factors=2, attn_levels=[1])
+    assert net.total_downsampling == 8
+    perturb(net)
+    x = torch.randn(2, 2, *spatial)
+    assert net(x, torch.randn(2)).shape == x.shape
+    with pytest.raises(ValueError, match="patch 4 x 2"):
+        net.check_input_shape(tuple(s + 4 for s in spatial))
