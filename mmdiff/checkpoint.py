@@ -33,6 +33,7 @@ class Checkpoint:
     ema: dict[str, torch.Tensor] = field(default_factory=dict)        # the EMA denoiser's state_dict
     optimizer: dict | None = None     # torch.optim state_dict
     rng: dict[str, torch.Tensor] = field(default_factory=dict)        # generator states (uint8 tensors)
+    extra: dict = field(default_factory=dict)   # other JSON-able state (e.g. the fp16 gradient scaler)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -69,7 +70,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     tensors |= {f"rng/{k}": v for k, v in ckpt.rng.items()}
     metadata = {
         "format": FORMAT, "version": VERSION, "step": str(ckpt.step), "samples_seen": str(ckpt.samples_seen),
-        "config": json.dumps(ckpt.config), "data": json.dumps(ckpt.data),
+        "config": json.dumps(ckpt.config), "data": json.dumps(ckpt.data), "extra": json.dumps(ckpt.extra),
     }
     if ckpt.optimizer is not None:
         opt_tensors, opt_meta = _flatten_optimizer(ckpt.optimizer)
@@ -141,5 +142,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(
         config=json.loads(meta["config"]), data=json.loads(meta["data"]), step=int(meta["step"]),
         samples_seen=int(meta["samples_seen"]), model=group("model/"), ema=group("ema/"), optimizer=optimizer,
-        rng=group("rng/"),
+        rng=group("rng/"), extra=json.loads(meta.get("extra", "{}")),
     )

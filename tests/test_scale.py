@@ -1,0 +1,80 @@
+"""Scale features of the trainer on the CPU: DDP over gloo, gradient accumulation, bf16, channels-last,
+torch.compile; each against a plain single-process run."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmdiff.checkpoint import load_checkpoint
+from mmdiff.errors import UserError
+from mmdiff.train import train
+
+from .conftest import TINY, compose_config
+
+STEPS = ["trainer.max_steps=4", "trainer.log_every=1", "trainer.batch_size=16"]
+
+
+def losses(run):
+    return [float(r["loss"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+
+
+def max_weight_difference(a, b):
+    return max((a.model[k] - b.model[k]).abs().max().item() for k in a.model)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    run = tmp_path_factory.mktemp("single")
+    train(compose_config(TINY + STEPS), run)
+    return run
+
+
+def test_two_processes_match_one_with_the_same_global_batch(single, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mmdiff",
+         *TINY, *STEPS, f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(tmp_path) == pytest.approx(losses(single), rel=1e-4)
+    assert max_weight_difference(load_checkpoint(tmp_path / "last.safetensors"),
+                                 load_checkpoint(single / "last.safetensors")) < 1e-4
+
+
+def test_gradient_accumulation_matches_one_big_batch(single, tmp_path):
+    train(compose_config(TINY + STEPS + ["trainer.grad_accum=4"]), tmp_path)
+    assert losses(tmp_path) == pytest.approx(losses(single), rel=1e-4)
+    assert max_weight_difference(load_checkpoint(tmp_path / "last.safetensors"),
+                                 load_checkpoint(single / "last.safetensors")) < 1e-4
+
+
+def test_channels_last_matches_the_default_layout(single, tmp_path):
+    train(compose_config(TINY + STEPS + ["trainer.channels_last=true"]), tmp_path)
+    assert losses(tmp_path) == pytest.approx(losses(single), rel=1e-4)
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_saves_fp32_weights(single, tmp_path):
+    train(compose_config(TINY + STEPS + ["trainer.precision=bf16"]), tmp_path)
+    assert losses(tmp_path) == pytest.approx(losses(single), rel=0.05)
+    ckpt = load_checkpoint(tmp_path / "last.safetensors")
+    assert all(v.dtype == torch.float32 for v in ckpt.model.values())
+
+
+def test_compiled_model_matches_eager(single, tmp_path):
+    # aot_eager traces forward and backward with dynamo and AOTAutograd like inductor does, without
+    # generating C++ kernels (which takes a minute on 2 cores; benchmarks/gpu_check.py runs inductor)
+    train(compose_config(TINY + STEPS + ["trainer.compile=true", "trainer.compile_backend=aot_eager"]), tmp_path)
+    assert losses(tmp_path) == pytest.approx(losses(single), rel=1e-3)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.precision=fp16", "fp16 needs a GPU"),
+    ("trainer.precision=fp8", "trainer.precision=fp8 is unknown"),
+    ("trainer.grad_accum=3", "does not split into 1 process(es) x 3"),
+])
+def test_bad_scale_options_are_refused(tmp_path, override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(compose_config(TINY + STEPS + [override]), tmp_path)
