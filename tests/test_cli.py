@@ -64,3 +64,22 @@ def test_audio_train_then_sample_writes_wavs_spectrograms_and_a_page(tmp_path, m
     assert rate == 8000 and len(wave) >= 4000
     page = (tmp_path / "gen" / "index.html").read_text()
     assert page.count("<audio") == 4 and "pluck" in page  # a player per sample, and one for grid.wav
+
+
+def test_multirun_sweeps_training_and_sampling(tmp_path):
+    train = mmdiff("-m", *TINY, "trainer.max_steps=2", "trainer.lr=0.001,0.002", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    from omegaconf import OmegaConf
+    lrs = [OmegaConf.load(tmp_path / "sweep" / job / "config.yaml").trainer.lr for job in ("0", "1")]
+    assert lrs == [0.001, 0.002] and (tmp_path / "sweep" / "1" / "last.safetensors").is_file()
+    sample = mmdiff("-m", "mode=sample", "checkpoint=sweep/0", "n=2", "sampler=euler,heun", "steps=2,3",
+                    "out=gen/${sampler.name}_${steps}", "hydra.sweep.dir=sweep_sampling", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["euler_2", "euler_3", "heun_2", "heun_3"]
+    assert (tmp_path / "gen" / "heun_3" / "grid.png").is_file()
+
+
+def test_an_unknown_key_is_named_without_a_traceback(tmp_path):
+    result = mmdiff("trainer.lrr=0.1", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "lrr" in result.stderr and "not in struct" in result.stderr
