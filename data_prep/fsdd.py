@@ -23,16 +23,17 @@ import hashlib
 import re
 import shutil
 import sys
-import urllib.error
-import urllib.request
 import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import soundfile as sf
-from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a file (python data_prep/fsdd.py): make data_prep importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_prep.common import FetchError, count_table, listed, local_path, obtain, replace_dir  # noqa: E402
 
 COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"  # 2024-05-02
 URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{COMMIT}.zip"
@@ -41,68 +42,9 @@ COUNT = 3000
 RATE = 8000
 NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")  # {digit}_{speaker}_{index}.wav
 TEST_INDICES = 5  # the dataset's own split: recordings 0-4 of every (digit, speaker) are the test set
-SHOW_FIRST = 5
 
 
-class FetchError(Exception):
-    """Something went wrong fetching or checking FSDD; the message says what to do."""
-
-
-# --- getting the archive -------------------------------------------------------------------------
-
-def local_path(source: str) -> Path | None:
-    """The local path that ``source`` names (a path or a file:// URL), or None for a remote URL."""
-    if source.startswith("file://"):
-        return Path(url2pathname(urlparse(source).path))
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", source):
-        return None
-    return Path(source).expanduser()
-
-
-def download(url: str, dest: Path, chunk: int = 1 << 16) -> Path:
-    """Download ``url`` to ``dest`` with a progress bar. Bytes arrive in ``dest``.part, which a later
-    call resumes with an HTTP Range request (starting again if the server ignores it)."""
-    part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "mmdiff-data-prep"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # nothing after `offset`: the previous run got every byte
-            return part.replace(dest)
-        raise FetchError(f"could not download {url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise FetchError(f"could not download {url} ({getattr(e, 'reason', e)}): check the connection and run "
-                         f"again (it resumes), or download the zip by hand and pass --source PATH") from None
-    with response:
-        if offset and response.status != 206:  # the server sent the whole file, not the rest
-            offset = 0
-        size = response.headers.get("Content-Length")
-        total = int(size) + offset if size is not None else None
-        try:
-            with open(part, "ab" if offset else "wb") as f, \
-                    tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc=dest.name, disable=None) as bar:
-                while block := response.read(chunk):
-                    f.write(block)
-                    bar.update(len(block))
-        except OSError as e:
-            raise FetchError(f"the download of {url} stopped ({e}): run again, it resumes from {part}") from None
-    if total is not None and part.stat().st_size != total:
-        raise FetchError(f"the download of {url} stopped at {part.stat().st_size} of {total} bytes: "
-                         f"run again, it resumes from {part}")
-    return part.replace(dest)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
+# --- getting the recordings ----------------------------------------------------------------------
 
 def extract(archive: Path, folder: Path) -> int:
     """Copy every ``.../recordings/{digit}_{speaker}_{index}.wav`` of the zip ``archive`` into
@@ -139,11 +81,6 @@ def copy_folder(source: Path, folder: Path) -> int:
 
 # --- checking ------------------------------------------------------------------------------------
 
-def _listed(problems: list[str]) -> str:
-    more = len(problems) - SHOW_FIRST
-    return "; ".join(problems[:SHOW_FIRST]) + (f"; and {more} more" if more > 0 else "")
-
-
 def verify(folder: Path, expect: int = COUNT) -> list[tuple[int, str, int, int]]:
     """Check ``folder``: exactly ``expect`` WAVs, every one named {digit}_{speaker}_{index}.wav and a
     non-empty 8 kHz mono file that soundfile reads in full. Returns (digit, speaker, index, samples)."""
@@ -166,7 +103,7 @@ def verify(folder: Path, expect: int = COUNT) -> list[tuple[int, str, int, int]]
         records.append((int(match[1]), match[2], int(match[3]), len(audio)))
     if problems:
         raise FetchError(f"{len(problems)} of {len(wavs)} files in {folder} are not FSDD recordings: "
-                         f"{_listed(problems)}. Delete the folder and run again")
+                         f"{listed(problems)}. Delete the folder and run again")
     if len(records) != expect:
         raise FetchError(f"{folder} holds {len(records)} recordings, expected {expect}: the archive is incomplete "
                          f"or not FSDD at commit {COMMIT[:12]}; delete it and run again")
@@ -187,15 +124,11 @@ def git_tree(folder: Path) -> str:
 def summary(records: list[tuple[int, str, int, int]]) -> str:
     """Counts per digit and split, speakers and duration, as a few lines of text."""
     split = Counter((digit, "test" if index < TEST_INDICES else "train") for digit, _, index, _ in records)
-    lines = ["digit  train  test"]
-    lines += [f"{d:>5}  {split[d, 'train']:>5}  {split[d, 'test']:>4}" for d in sorted({r[0] for r in records})]
-    lines.append(f"  all  {sum(v for (_, s), v in split.items() if s == 'train'):>5}  "
-                 f"{sum(v for (_, s), v in split.items() if s == 'test'):>4}")
     speakers = sorted({r[1] for r in records})
     seconds = sum(r[3] for r in records) / RATE
-    lines.append(f"{len(records)} recordings, {len(speakers)} speakers ({', '.join(speakers)}), "
-                 f"{seconds / 60:.1f} minutes at {RATE} Hz")
-    return "\n".join(lines)
+    return (count_table(split, sorted({r[0] for r in records}), ["train", "test"], "digit") + "\n"
+            f"{len(records)} recordings, {len(speakers)} speakers ({', '.join(speakers)}), "
+            f"{seconds / 60:.1f} minutes at {RATE} Hz")
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -209,17 +142,11 @@ def fetch(source: str, out: Path, sha: str | None, keep_archive: bool) -> Path:
         print(f"copying the recordings of {path}")
         copy_folder(path, staging)
         return staging
-    if path is not None and not path.is_file():
-        raise FetchError(f"--source {source} does not exist: pass the FSDD zip, a folder of its WAVs, or a URL")
-    archive = path or download(source, out / f"fsdd-{Path(urlparse(source).path).name or 'archive.zip'}")
-    if sha:
-        found = sha256(archive)
-        if found != sha.lower():
-            raise FetchError(f"{archive} has sha256 {found}, not the expected {sha}: it is damaged or another "
-                             f"file; delete it and run again")
+    dest = out / f"fsdd-{Path(urlparse(source).path).name or 'archive.zip'}"
+    archive, downloaded = obtain(source, dest, digest=sha)
     print(f"extracting recordings/*.wav from {archive}")
     extract(archive, staging)
-    if path is None and not keep_archive:
+    if downloaded and not keep_archive:
         archive.unlink()
     return staging
 
@@ -252,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             staging = fetch(args.source, out, args.sha256, args.keep_archive)
             records = verify(staging, args.expect)
-            shutil.rmtree(recordings, ignore_errors=True)
-            staging.replace(recordings)
+            replace_dir(staging, recordings)
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

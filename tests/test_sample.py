@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -76,3 +77,77 @@ def test_labels_by_index_name_list_or_in_turn():
 def test_class_option_conditions_every_sample(checkpoint, tmp_path):
     sample(checkpoint, tmp_path, "class=7", "guidance=3.0")
     assert len(list(tmp_path.glob("sample_*.png"))) == 12
+
+
+# --- editing, interpolation, trajectories through mode=sample --------------------------------------
+
+def read_png(path):
+    import numpy as np
+    return np.array(Image.open(path))
+
+
+def test_sdedit_strength_zero_returns_the_input_and_one_ignores_it(checkpoint, tmp_path):
+    plain = sample(checkpoint, tmp_path / "plain", "class=2", "seed=3")
+    init = plain[0]
+    same = sample(checkpoint, tmp_path / "s0", "class=2", f"init={init}", "strength=0.0", "n=2")
+    assert (read_png(same[0]) == read_png(init)).all()
+    # strength 1 ignores the input: the same files as plain sampling with the same seed
+    fresh = sample(checkpoint, tmp_path / "s1", "class=2", f"init={init}", "strength=1.0", "seed=3", "sampler=euler")
+    again = sample(checkpoint, tmp_path / "s1b", "class=2", "seed=3", "sampler=euler")
+    assert all((read_png(a) == read_png(b)).all() for a, b in zip(fresh[:-1], again[:-1]))
+    assert (tmp_path / "s1" / "input.png").is_file()
+
+
+def test_inpainting_keeps_everything_outside_the_box(checkpoint, tmp_path):
+    init = sample(checkpoint, tmp_path / "plain", "class=4")[0]
+    out = sample(checkpoint, tmp_path / "box", "class=4", f"init={init}", "box=[2,2,6,6]", "resample=2")
+    original = read_png(init)
+    for path in out[:-1]:
+        edited = read_png(path)
+        outside = np.ones((8, 8), bool)
+        outside[2:6, 2:6] = False
+        assert (edited[outside] == original[outside]).all()
+
+
+def test_interpolation_walks_between_two_seeds(checkpoint, tmp_path):
+    walk = sample(checkpoint, tmp_path / "walk", "interpolate=true", "seed=5", "seed2=9", "n=4", "class=1",
+                  "sampler=euler")
+    end_a = sample(checkpoint, tmp_path / "a", "seed=5", "n=1", "class=1", "sampler=euler")
+    end_b = sample(checkpoint, tmp_path / "b", "seed=9", "n=1", "class=1", "sampler=euler")
+    assert (read_png(walk[0]) == read_png(end_a[0])).all()
+    assert (read_png(walk[3]) == read_png(end_b[0])).all()
+
+
+def test_trajectory_writes_the_reverse_and_forward_processes(checkpoint, tmp_path):
+    sample(checkpoint, tmp_path, "trajectory=true", "n=2", "steps=6")
+    for name in ("trajectory", "trajectory_denoised", "forward"):
+        assert (tmp_path / f"{name}.png").is_file()
+        levels = (tmp_path / f"{name}.txt").read_text()
+        assert levels.startswith("sigma per column:") and levels.count(",") == 5  # 6 frames
+
+
+@pytest.mark.parametrize("override,message", [
+    ("gap=[0.1,0.2]", "gap= is for audio"), ("extend=1.0", "extend= is for audio"),
+    ("init=/no/such.png", "does not exist"),
+])
+def test_editing_options_that_do_not_fit_are_refused(checkpoint, tmp_path, override, message):
+    init = sample(checkpoint, tmp_path / "plain")[0]
+    args = [override] if override.startswith("init") else [f"init={init}", override]
+    with pytest.raises(UserError, match=message):
+        sample(checkpoint, tmp_path / "x", *args)
+
+
+def test_audio_gap_and_extension(tmp_path):
+    import soundfile as sf
+    from .conftest import TINY
+    ckpt = train(compose_config(TINY + ["modality=audio", "model.channel_mult=[1,2]", "model.attn_levels=[1]",
+                                        "dataset.per_pitch=1", "trainer.max_steps=2", "n=2"]), tmp_path / "run")
+    plain = sample(ckpt, tmp_path / "plain", "class=sine", "n=1")
+    init = tmp_path / "plain" / "sample_00000.wav"
+    original, rate = sf.read(init)
+    gap = sample(ckpt, tmp_path / "gap", "class=sine", "n=1", f"init={init}", "gap=[0.1,0.3]", "resample=1")
+    assert any(p.name == "index.html" for p in gap) and len(plain) > 0
+    longer = sample(ckpt, tmp_path / "ext", "class=sine", "n=1", f"init={init}", "extend=0.6", "resample=1")
+    extended, _ = sf.read(tmp_path / "ext" / "sample_00000.wav")
+    assert len(extended) / rate == pytest.approx(len(original) / rate + 0.6, abs=0.02)
+    assert len(longer) > 0

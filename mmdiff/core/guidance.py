@@ -1,4 +1,5 @@
-"""Conditioning bound into a denoiser before sampling, and classifier-free guidance.
+"""Conditioning bound into a denoiser before sampling: classifier-free guidance (with guidance rescale
+and a guidance interval) and dynamic thresholding.
 
 Samplers call ``denoiser(x, sigma)``; this module turns a conditional denoiser
 ``D(x, sigma, labels)`` into that form (STYLE habit 12: no extra_args dicts).
@@ -7,6 +8,8 @@ Samplers call ``denoiser(x, sigma)``; this module turns a conditional denoiser
 from __future__ import annotations
 
 import torch
+
+from .schedules import append_dims
 
 
 class CFGDenoiser:
@@ -17,21 +20,89 @@ class CFGDenoiser:
     Guidance in data space equals guidance in noise space, since eps = (x - D) / sigma is affine
     in D for fixed x and sigma. w = 1 is the conditional model (one network call), w = 0 the
     unconditional one. ``labels`` None means unconditional sampling (the null label).
+
+    ``rescale`` (phi; Lin et al. 2023, Sec. 3.4) pulls the guided estimate's per-sample
+    standard deviation back towards the conditional estimate's:
+    ``phi * D_w * std(D_cond) / std(D_w) + (1 - phi) * D_w``. It acts on the x0 estimate (the paper's
+    choice; diffusers applies the same formula to eps, where the stds differ). phi = 0 is plain CFG.
+
+    ``interval`` (sigma_lo, sigma_hi) applies guidance only for sigma in (sigma_lo, sigma_hi]
+    (Kynkäänniemi et al. 2024, Sec. 3); elsewhere the result is the conditional model, one call.
     """
 
-    def __init__(self, denoiser, labels: torch.Tensor | None, scale: float = 1.0, null_label: int | None = None):
+    def __init__(self, denoiser, labels: torch.Tensor | None, scale: float = 1.0, null_label: int | None = None, *,
+                 rescale: float = 0.0, interval: tuple[float, float] | None = None):
         self.denoiser, self.labels, self.scale, self.null_label = denoiser, labels, float(scale), null_label
+        self.rescale = float(rescale)
+        self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.labels is None or self.scale == 1.0:
             return self.denoiser(x, sigma, self.labels)
+        inside = None
+        if self.interval is not None:
+            lo, hi = self.interval
+            inside = (sigma > lo) & (sigma <= hi)  # [B]
+            if not inside.any():
+                return self.denoiser(x, sigma, self.labels)
         null = torch.full_like(self.labels, self.null_label)
-        if self.scale == 0.0:
+        if self.scale == 0.0 and self.rescale == 0.0 and (inside is None or inside.all()):
             return self.denoiser(x, sigma, null)
         cond, uncond = self.denoiser(
             torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.labels, null])
         ).chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        guided = uncond + self.scale * (cond - uncond)
+        if self.rescale != 0.0:
+            guided = rescale_guidance(guided, cond, self.rescale)
+        if inside is not None:
+            guided = torch.where(append_dims(inside, x.ndim), guided, cond)
+        return guided
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Lin et al. 2023, Sec. 3.4: x_rescaled = x_cfg * std(x_pos) / std(x_cfg), mixed in by phi.
+    Standard deviations per sample, over all dims but the first. A constant guided estimate (std 0)
+    is left as it is."""
+    dims = list(range(1, guided.ndim))
+    std_cond, std_guided = cond.std(dim=dims, keepdim=True), guided.std(dim=dims, keepdim=True)
+    ratio = torch.where(std_guided > 0, std_cond / std_guided, torch.ones_like(std_guided))
+    return guided * (phi * ratio + (1 - phi))
+
+
+class DynamicThreshold:
+    """Dynamic thresholding of the x0 estimate (Saharia et al. 2022, "Imagen", Sec. 2.3), for data in
+    [-bound, bound] (pixels in model space: bound = 1):
+
+        s = max(quantile(|D|, percentile), bound)  per sample;   D <- clip(D, -s, s) * bound / s
+
+    A sample whose values mostly lie in [-bound, bound] is untouched; a saturated one is pulled back
+    in. Wraps any denoiser, guided or not; extra arguments (labels) pass through unchanged.
+    """
+
+    def __init__(self, denoiser, percentile: float = 0.995, bound: float = 1.0):
+        if not 0.0 < percentile <= 1.0:
+            raise ValueError(f"percentile must be in (0, 1], got {percentile}")
+        self.denoiser, self.percentile, self.bound = denoiser, float(percentile), float(bound)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *args) -> torch.Tensor:
+        return dynamic_threshold(self.denoiser(x, sigma, *args), self.percentile, self.bound)
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995, bound: float = 1.0) -> torch.Tensor:
+    """The thresholding step of :class:`DynamicThreshold` on an estimate [B, *shape]."""
+    s = quantile(x0.abs().flatten(1), percentile).clamp(min=bound)  # [B]
+    s = append_dims(s, x0.ndim)
+    return torch.maximum(torch.minimum(x0, s), -s) / s * bound
+
+
+def quantile(v: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row q-quantile of v [B, N] with linear interpolation (numpy's default, as torch.quantile),
+    through a sort: torch.quantile refuses inputs of more than 2^24 elements."""
+    v = v.sort(dim=1).values
+    pos = q * (v.shape[1] - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.shape[1] - 1)
+    return v[:, lo] + (pos - lo) * (v[:, hi] - v[:, lo])
 
 
 def drop_labels(labels: torch.Tensor, p: float, null_label: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -272,6 +272,19 @@ def _load_clip(path: Path, sample_rate: int, length: int, crop: str, rng: np.ran
     return _stack([mono], rate, sample_rate, length, crop, rng, normalize)[0]
 
 
+def read_audio(path: str | Path, sample_rate: int, length: int, normalize: str = "peak") -> torch.Tensor:
+    """One audio file (e.g. an init clip for editing) -> [1, length] float32 at ``sample_rate`` Hz,
+    mixed to mono, resampled, cut or zero-padded at the end, normalised. Problems are a UserError."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: pass the path of a WAV, FLAC or OGG file")
+    try:
+        return _load_clip(path, sample_rate, length, "start", None, normalize)
+    except Exception as e:  # noqa: BLE001 - any decoding failure of a user file
+        raise UserError(f"{path} could not be read as audio ({type(e).__name__}: {e}): pass a WAV, FLAC or OGG "
+                        "file with sound in it") from None
+
+
 def load_audio_folder(root: str, sample_rate: int = 16000, seconds: float = 1.0, normalize: str = "peak",
                       crop: str = "random", seed: int = 0) -> Dataset:
     """Audio files from ``root``: one sub-folder per class (class names sorted), or the files directly

@@ -7,6 +7,7 @@ float32 in [0, 1].
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 import math
 import zlib
 from functools import partial
@@ -100,10 +101,15 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
-def load_mnist(root: str, split: str = "test", size: int = 28) -> Dataset:
+def load_mnist(root: str, split: str = "test", size: int = 28, class_names: Sequence[str] | None = None,
+               name: str = "mnist") -> Dataset:
     """MNIST from its original IDX files in ``root``, gzipped or not:
     t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] for split="test",
-    train-* for split="train". 1 channel, [0, 1]; ``size`` != 28 resizes them."""
+    train-* for split="train". 1 channel, [0, 1]; ``size`` != 28 resizes them. Datasets in the same
+    layout (Fashion-MNIST) give their ten ``class_names`` and ``name``."""
+    names_out = list(class_names) if class_names else DIGIT_NAMES
+    if len(names_out) != 10:
+        raise UserError(f"dataset.class_names has {len(names_out)} names: the MNIST layout has 10 classes")
     if split not in MNIST_PREFIX:
         raise UserError(f"dataset.split={split} is not an MNIST split: use one of {sorted(MNIST_PREFIX)}")
     size = _check_size(size)
@@ -124,9 +130,9 @@ def load_mnist(root: str, split: str = "test", size: int = 28) -> Dataset:
         raise UserError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels: "
                         f"one of them is from another split or damaged; re-fetch both")
     if len(labels) and labels.max() > 9:
-        raise _corrupt(labels_path, f"label {labels.max()} is not a digit")
+        raise _corrupt(labels_path, f"label {labels.max()} is not one of the 10 classes")
     data = torch.from_numpy(images.copy()).unsqueeze(1).to(torch.float32) / 255.0
-    return Dataset(resize(data, size), torch.from_numpy(labels.astype(np.int64)), DIGIT_NAMES, "mnist")
+    return Dataset(resize(data, size), torch.from_numpy(labels.astype(np.int64)), names_out, name)
 
 
 # --- a folder of images --------------------------------------------------------------------------
@@ -164,6 +170,19 @@ def _load_image(path: Path, size: int, channels: int) -> torch.Tensor:
     im = im.resize((size, size), Image.Resampling.BICUBIC, box=box)
     a = torch.from_numpy(np.array(im, dtype=np.uint8))
     return a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)
+
+
+def read_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
+    """One image file (e.g. an init image for editing) -> [channels, size, size] float32 in [0, 1],
+    prepared like a dataset image. A missing or unreadable file is a UserError."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: pass the path of a PNG or JPEG file")
+    try:
+        return _load_image(path, size, channels).float() / 255
+    except Exception as e:  # noqa: BLE001 - any decoding failure of a user file
+        raise UserError(f"{path} could not be read as an image ({type(e).__name__}: {e}): pass a PNG or JPEG "
+                        "file") from None
 
 
 def load_image_folder(root: str, size: int = 32, channels: int = 3) -> Dataset:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import UserError
+from .manifest import MANIFEST_NAME, read_manifest
 
 T = TypeVar("T")
 
@@ -50,6 +51,14 @@ def scan_folder(root: str | Path, extensions: Iterable[str],
         raise UserError(f"dataset.root={root} does not exist: point dataset.root at a folder with {layout}")
     if not root.is_dir():
         raise UserError(f"dataset.root={root} is a file, not a folder: point dataset.root at a folder with {layout}")
+
+    manifest = root / MANIFEST_NAME
+    if manifest.is_file():  # written by data_prep/scan.py: its file list, rows with ok=false skipped
+        items, class_names = read_manifest(manifest)
+        items = [(p, c) for p, c in items if p.suffix.lower() in extensions]
+        if items:
+            return items, class_names
+        # a manifest of another kind of file: fall through to the normal scan
 
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     per_class = [(f.name, files) for f in folders if (files := _files(f, extensions, recursive=True))]

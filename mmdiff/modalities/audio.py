@@ -14,6 +14,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from ..data.audio import read_audio
 from ..errors import UserError
 from .image import grid_image, grid_rows
 from .spectral import REPRESENTATIONS, stft_magnitude
@@ -64,6 +65,16 @@ class AudioModality:
         if data.ndim != 3 or data.shape[1] != 1:
             raise ValueError(f"audio must be mono waveforms [N, 1, T], got shape {tuple(data.shape)}")
         return self.representation.encode(data.float())
+
+    def read(self, path: str | Path, shape: list[int]) -> torch.Tensor:
+        """An audio file -> model space [1, *shape] (e.g. an init clip for editing): mixed to mono,
+        resampled, cut or zero-padded to the length that encodes to ``shape``, peak-normalised."""
+        wave = read_audio(path, self.sample_rate, self.representation.waveform_length(shape[-1]))
+        return self.encode(wave[None])
+
+    def time_steps(self, seconds: float) -> int:
+        """How many steps of the model space's time axis (its last dim) ``seconds`` of audio take."""
+        return round(seconds * self.sample_rate / self.representation.samples_per_step)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> float32 waveforms [N, 1, T'] on the CPU, clamped to [-1, 1]."""

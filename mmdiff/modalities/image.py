@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.images import read_image
+
 MAX_COLUMNS = 16    # a grid row wraps after this many images
 MIN_CELL = 32       # smaller images are upscaled (nearest) to at least this many pixels tall
 PAD = 2             # pixels between cells and around the grid
@@ -25,6 +27,14 @@ class ImageModality:
     def encode(self, data: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] in [0, 1] -> model space [-1, 1]."""
         return data * 2 - 1
+
+    def read(self, path: str | Path, shape: list[int]) -> torch.Tensor:
+        """An image file -> model space [1, *shape] (e.g. an init image for editing), resized and
+        centre-cropped like a dataset image."""
+        channels, height, width = shape
+        if height != width:
+            raise ValueError(f"images are square here, got shape {shape}")
+        return self.encode(read_image(path, height, channels)[None])
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> uint8 [N, C, H, W], clamped and rounded."""

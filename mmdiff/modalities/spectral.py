@@ -27,8 +27,14 @@ class Representation:
     ``padded_length(T)`` is the length T' >= T that ``encode`` zero-pads to (at the end);
     ``decode(encode(w))`` returns [N, 1, T']."""
 
+    samples_per_step = 1  # waveform samples per step of the model space's time axis (the hop)
+
     def padded_length(self, T: int) -> int:
         raise NotImplementedError
+
+    def waveform_length(self, steps: int) -> int:
+        """The waveform length T' whose encoding has ``steps`` steps along the time axis."""
+        return steps
 
     def encode(self, wave: Tensor) -> Tensor:
         raise NotImplementedError
@@ -94,6 +100,13 @@ class ComplexSTFT(Representation):
     def padded_length(self, T: int) -> int:
         return framed_length(T, self.hop_length, self.pad_to)
 
+    @property
+    def samples_per_step(self) -> int:
+        return self.hop_length
+
+    def waveform_length(self, steps: int) -> int:
+        return self.hop_length * (steps - 1)  # centred frames: T' = hop * (frames - 1)
+
     def encode(self, wave: Tensor) -> Tensor:
         X = torch.stft(self._pad(wave), self.n_fft, self.hop_length, window=self._window(wave), center=True,
                        return_complex=True)
@@ -140,6 +153,13 @@ class LogMel(Representation):
 
     def padded_length(self, T: int) -> int:
         return framed_length(T, self.hop_length, self.pad_to)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.hop_length
+
+    def waveform_length(self, steps: int) -> int:
+        return self.hop_length * (steps - 1)  # centred frames: T' = hop * (frames - 1)
 
     def encode(self, wave: Tensor) -> Tensor:
         M = self.mel.to(wave.device)(self._pad(wave))

@@ -1,6 +1,6 @@
 import torch
 
-from mmdiff.core.guidance import CFGDenoiser, drop_labels
+from mmdiff.core.guidance import CFGDenoiser, DynamicThreshold, drop_labels, dynamic_threshold, quantile, rescale_guidance
 
 
 class Fake:
@@ -47,3 +47,120 @@ def test_label_dropout_rate_and_null_label():
     assert set(out.unique().tolist()) == {0, 10}
     assert abs((out == 10).float().mean().item() - 0.1) < 0.005
     assert drop_labels(y, 0.0, 10) is y
+
+
+# --- guidance rescale, guidance interval, dynamic thresholding -----------------------------------
+
+
+class Spread:
+    """D(x, sigma, labels) = x * sigma * (1 + label) + label: each label a different std; counts calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, sigma, labels):
+        self.calls += 1
+        lab = labels.to(x.dtype).view(-1, 1, 1)
+        return x * sigma.view(-1, 1, 1) * (1 + lab) + lab
+
+
+def batch(b=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 2, 5, generator=g, dtype=torch.float64)
+    return x, torch.rand(b, generator=g, dtype=torch.float64) + 0.5, torch.arange(1, b + 1)
+
+
+def test_rescale_zero_is_plain_cfg():
+    d, (x, s, y) = Spread(), batch()
+    assert torch.equal(CFGDenoiser(d, y, 4.0, null_label=0, rescale=0.0)(x, s), CFGDenoiser(d, y, 4.0, null_label=0)(x, s))
+    guided = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.equal(rescale_guidance(guided, torch.randn(3, 4, dtype=torch.float64), 0.0), guided)
+
+
+def test_full_rescale_gives_the_conditional_std_per_sample():
+    d, (x, s, y) = Spread(), batch()
+    out = CFGDenoiser(d, y, 5.0, null_label=0, rescale=1.0)(x, s)
+    cond = d(x, s, y)
+    assert torch.allclose(out.std(dim=(1, 2)), cond.std(dim=(1, 2)), rtol=1e-12, atol=0)
+    plain = CFGDenoiser(d, y, 5.0, null_label=0)(x, s)
+    assert not torch.allclose(plain.std(dim=(1, 2)), cond.std(dim=(1, 2)), rtol=1e-3)  # the test has teeth
+
+
+def test_partial_rescale_follows_lin_et_al():
+    """Lin et al. 2023, Sec. 3.4: x_final = phi * x_cfg * std(x_pos) / std(x_cfg) + (1 - phi) * x_cfg."""
+    d, (x, s, y) = Spread(), batch()
+    w, phi = 3.0, 0.7
+    cond, uncond = d(x, s, y), d(x, s, torch.zeros_like(y))
+    cfg = uncond + w * (cond - uncond)
+    ratio = torch.stack([cond[i].std() / cfg[i].std() for i in range(len(x))]).view(-1, 1, 1)
+    expected = phi * cfg * ratio + (1 - phi) * cfg
+    assert torch.allclose(CFGDenoiser(d, y, w, null_label=0, rescale=phi)(x, s), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_scale_one_stays_one_call_with_rescale_and_interval():
+    d, (x, s, y) = Spread(), batch()
+    out = CFGDenoiser(d, y, 1.0, null_label=0, rescale=0.7, interval=(0.1, 10.0))(x, s)
+    assert d.calls == 1 and torch.equal(out, d(x, s, y))
+
+
+def test_outside_the_interval_is_the_conditional_model_in_one_call():
+    d, (x, _, y) = Spread(), batch()
+    guided = CFGDenoiser(d, y, 4.0, null_label=0, rescale=0.5, interval=(1.0, 2.0))
+    for level in [0.5, 1.0, 2.5]:  # below, at the lower end (excluded: the interval is (lo, hi]), above
+        s = torch.full((4,), level, dtype=torch.float64)
+        d.calls = 0
+        out = guided(x, s)
+        assert d.calls == 1 and torch.equal(out, d(x, s, y))
+
+
+def test_inside_the_interval_is_guided():
+    d, (x, _, y) = Spread(), batch()
+    for level in [1.5, 2.0]:  # inside, at the upper end (included)
+        s = torch.full((4,), level, dtype=torch.float64)
+        assert torch.equal(CFGDenoiser(d, y, 4.0, null_label=0, interval=(1.0, 2.0))(x, s),
+                           CFGDenoiser(d, y, 4.0, null_label=0)(x, s))
+
+
+def test_interval_is_decided_per_sample():
+    d, (x, _, y) = Spread(), batch()
+    s = torch.tensor([0.5, 1.5, 3.0, 2.0], dtype=torch.float64)
+    out = CFGDenoiser(d, y, 4.0, null_label=0, interval=(1.0, 2.0))(x, s)
+    plain, cond = CFGDenoiser(d, y, 4.0, null_label=0)(x, s), d(x, s, y)
+    for i, inside in enumerate([False, True, False, True]):
+        assert torch.allclose(out[i], (plain if inside else cond)[i], rtol=1e-15, atol=0)
+
+
+def test_dynamic_threshold_leaves_data_in_range_alone():
+    x0 = torch.tensor([[0.5, -0.2, 0.9, 0.1], [-1.0, 0.3, 1.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(dynamic_threshold(x0, 0.995), x0)
+
+
+def test_dynamic_threshold_exact_numbers():
+    x0 = torch.tensor([[0.0, 1.0, 2.0, -4.0],    # |x0| sorted 0 1 2 4: the 0.5-quantile is 1.5
+                       [0.1, 0.2, -0.3, 5.0],    # quantile 0.25 <= 1: s = 1, a static clip
+                       [0.5, -3.0, 3.0, 3.0]],   # quantile 3: s = 3
+                      dtype=torch.float64)
+    out = dynamic_threshold(x0, 0.5)
+    expected = torch.tensor([[0.0, 2 / 3, 1.0, -1.0], [0.1, 0.2, -0.3, 1.0], [0.5 / 3, -1.0, 1.0, 1.0]],
+                            dtype=torch.float64)
+    assert torch.allclose(out, expected, rtol=1e-15, atol=0)
+    # percentile 1 is the max: every sample rescaled by its largest magnitude (when that exceeds 1)
+    assert torch.allclose(dynamic_threshold(x0, 1.0)[0], x0[0] / 4, rtol=1e-15, atol=0)
+    # a different bound: data in [-2, 2]
+    assert torch.allclose(dynamic_threshold(x0[:1], 1.0, bound=2.0), x0[:1] / 4 * 2, rtol=1e-15, atol=0)
+
+
+def test_quantile_matches_torch_quantile():
+    v = torch.randn(3, 1001, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for q in [0.0, 0.3, 0.995, 1.0]:
+        assert torch.allclose(quantile(v, q), torch.quantile(v, q, dim=1), rtol=1e-13, atol=1e-13)
+
+
+def test_dynamic_threshold_wraps_guided_and_conditional_denoisers():
+    d, (x, s, y) = Spread(), batch()
+    x = x * 5
+    guided = CFGDenoiser(d, y, 3.0, null_label=0)
+    assert torch.equal(DynamicThreshold(guided, 0.9)(x, s), dynamic_threshold(guided(x, s), 0.9))
+    assert torch.equal(DynamicThreshold(d, 0.9)(x, s, y), dynamic_threshold(d(x, s, y), 0.9))  # labels pass through
+    out = DynamicThreshold(guided, 0.9)(x, s)
+    assert out.abs().max() <= 1.0 and (out.abs() == 1.0).any()

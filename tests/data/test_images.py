@@ -81,6 +81,16 @@ def test_mnist_reads_exact_pixels_and_labels(tmp_path, tiny_idx, gz):
     assert ds.labels.tolist() == [3, 0, 9, 3, 1] and ds.labels.dtype == torch.int64
 
 
+def test_mnist_layout_with_other_class_names(tmp_path, tiny_idx):
+    images, labels = tiny_idx
+    write_mnist(tmp_path, images, labels, gz=True)
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    ds = load_mnist(str(tmp_path), class_names=names, name="fashion_mnist")
+    assert ds.class_names == names and ds.name == "fashion_mnist"
+    with pytest.raises(UserError, match="has 2 names"):
+        load_mnist(str(tmp_path), class_names=["a", "b"])
+
+
 def test_mnist_train_split_and_resize(tmp_path, tiny_idx):
     images, labels = tiny_idx
     write_mnist(tmp_path, images, labels, gz=True, prefix="train")
@@ -138,7 +148,7 @@ def test_mnist_counts_must_match(tmp_path, tiny_idx):
     with pytest.raises(UserError, match="holds 5 images but .* holds 4 labels"):
         load_mnist(tmp_path)
     write_mnist(tmp_path, images, np.array([0, 1, 2, 3, 10], np.uint8), gz=True)
-    with pytest.raises(UserError, match="label 10 is not a digit"):
+    with pytest.raises(UserError, match="label 10 is not one of the 10 classes"):
         load_mnist(tmp_path)
 
 

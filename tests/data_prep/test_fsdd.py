@@ -1,25 +1,19 @@
 """data_prep/fsdd.py, offline: fake GitHub-style archives in tmp_path and a local HTTP server."""
 
 import hashlib
-import importlib.util
 import io
 import shutil
 import subprocess
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from data_prep import fsdd as prep
 from mmdiff.data.audio import load_fsdd
-from tests.conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("fsdd_prep", ROOT / "data_prep" / "fsdd.py")
-prep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prep)
+from tests.data_prep import Server
 
 KEYS = [(0, "george", 0), (0, "george", 7), (4, "theo", 3), (4, "theo", 40), (9, "lucas", 1), (9, "lucas", 12)]
 TOP = f"free-spoken-digit-dataset-{prep.COMMIT}"
@@ -133,77 +127,10 @@ def test_members_cannot_escape_the_output_folder(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdd.zip", "out"]
 
 
-class Server:
-    """A local HTTP server for one file, honouring Range requests unless told not to."""
-
-    def __init__(self, payload, ranges=True):
-        outer = self
-        self.payload, self.ranges, self.seen = payload, ranges, []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path != "/fsdd.zip":
-                    self.send_error(404)
-                    return
-                outer.seen.append(self.headers.get("Range"))
-                start = 0
-                if outer.ranges and self.headers.get("Range"):
-                    start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
-                    if start >= len(outer.payload):
-                        self.send_response(416)
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                else:
-                    self.send_response(200)
-                body = outer.payload[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fsdd.zip"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.mark.parametrize("ranges", [True, False])
-def test_download_resumes_a_part_file(tmp_path, ranges):
-    payload = np.random.default_rng(0).bytes(300_000)
-    dest = tmp_path / "a.zip"
-    dest.with_name("a.zip.part").write_bytes(payload[:100_000])
-    with Server(payload, ranges) as server:
-        assert prep.download(server.url, dest, chunk=4096) == dest
-    assert dest.read_bytes() == payload and not dest.with_name("a.zip.part").exists()
-    assert server.seen == ["bytes=100000-"]  # asked for the rest; a server ignoring that sends it all
-
-
-def test_download_of_a_complete_part_and_http_errors(tmp_path):
-    payload = b"x" * 1000
-    dest = tmp_path / "a.zip"
-    dest.with_name("a.zip.part").write_bytes(payload)
-    with Server(payload) as server:
-        prep.download(server.url, dest)
-        assert dest.read_bytes() == payload
-        with pytest.raises(prep.FetchError, match=r"could not download .*/missing.zip: HTTP 404"):
-            prep.download(server.url.replace("fsdd.zip", "missing.zip"), tmp_path / "b.zip")
-    with pytest.raises(prep.FetchError, match="could not download .*run again"):
-        prep.download("http://127.0.0.1:9/none.zip", tmp_path / "c.zip")  # port 9 (discard): refused
-
-
 def test_main_downloads_from_a_url(tmp_path, capsys):
     payload = make_zip(tmp_path / "served.zip").read_bytes()
-    with Server(payload) as server:
-        code, stdout, err = run(capsys, "--source", server.url, "--out", tmp_path / "out", "--expect", 6)
+    with Server({"fsdd.zip": payload}) as server:
+        code, stdout, err = run(capsys, "--source", server.url("fsdd.zip"), "--out", tmp_path / "out", "--expect", 6)
     assert code == 0, err
     assert len(list((tmp_path / "out" / "recordings").iterdir())) == 6
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["recordings"]  # the download is removed
