@@ -10,8 +10,8 @@ from mmdiff.checkpoint import load_checkpoint
 
 from .conftest import TINY
 
-# A model whose checkpoint (weights, EMA and two Adam moments: ~70 MB) takes longer to write than a
-# training step, so most kills land while a checkpoint is being written.
+# A model whose checkpoint (weights, EMA and two Adam moments: ~70 MB) takes a while to write, and a
+# checkpoint after every step: half the kills wait for a write to begin, the others are random.
 BIG = ["model.channels=64", "model.groups=8", "trainer.checkpoint_every=1", "trainer.max_steps=100000",
        "trainer.max_seconds=600", "trainer.log_every=1"]
 
@@ -19,23 +19,29 @@ BIG = ["model.channels=64", "model.groups=8", "trainer.checkpoint_every=1", "tra
 def test_sigkill_at_random_moments_never_leaves_an_unloadable_checkpoint(tmp_path):
     rng = random.Random(2026)
     run, ckpt = tmp_path / "run", tmp_path / "run" / "last.safetensors"
+    tmp = run / "last.safetensors.tmp"  # exists only while a checkpoint is being written
     kills, mid_write, steps = 0, 0, []
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while kills < 10 and time.monotonic() < deadline:
         resume = [f"trainer.resume={ckpt}"] if ckpt.exists() else []
         started = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "mmdiff", *TINY, *BIG, *resume, f"hydra.run.dir={run}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # wait until this process has written a checkpoint of its own, then kill it a random moment later
+        # wait until this process has written a checkpoint of its own; then kill it either a random
+        # moment later (odd kills) or as soon as its next checkpoint write has begun (even kills)
         while not (ckpt.exists() and ckpt.stat().st_mtime > started) and time.monotonic() < deadline:
             assert proc.poll() is None, "training stopped by itself"
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.6))
+            time.sleep(0.02)
+        if kills % 2:
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            while not tmp.exists() and time.monotonic() < deadline:
+                time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        mid_write += (run / "last.safetensors.tmp").exists()
+        mid_write += tmp.exists()
         steps.append(load_checkpoint(ckpt).step)  # never unloadable
     assert kills == 10, f"only {kills} kills in the time allowed"
     assert steps == sorted(steps) and steps[-1] > steps[0] > 0  # every restart resumed and made progress
-    assert mid_write >= 2, f"only {mid_write} of {kills} kills interrupted a checkpoint write"
+    assert mid_write >= 3, f"only {mid_write} of {kills} kills interrupted a checkpoint write"
