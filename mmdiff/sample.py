@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels
-from .checkpoint import load_checkpoint
+from .api import Model
+from .build import build_sigmas
 from .core.editing import continuation_input, gap_mask, inpaint, interpolate_noise, sdedit
 from .core.guidance import CFGDenoiser, DynamicThreshold
 from .core.samplers import SAMPLERS
@@ -69,19 +69,6 @@ def generate(denoiser, *, shape: list[int], labels: torch.Tensor | None, n: int,
 
 # --- mode=sample ---------------------------------------------------------------------------------
 
-def _load(cfg: DictConfig):
-    """The checkpoint's denoiser (EMA weights unless ema=false) on the device, its config and data info."""
-    ckpt = load_checkpoint(cfg.checkpoint)
-    run_cfg, info = ckpt.config, ckpt.data
-    denoiser = build_denoiser(run_cfg, run_cfg["model"], info)
-    try:
-        denoiser.load_state_dict(ckpt.ema if cfg.ema and ckpt.ema else ckpt.model)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {cfg.checkpoint} does not match the model its config describes ({e}): "
-                        "the file is damaged or was edited; use an intact checkpoint") from None
-    return denoiser.to(pick_device(cfg.device)).eval(), run_cfg, info, ckpt.step
-
-
 def _edit_mask(cfg: DictConfig, modality, shape: list[int]) -> torch.Tensor | None:
     """The inpainting mask (True = keep) that mask/box (images) or gap (audio) describe, or None."""
     given = [k for k in ("mask", "box", "gap") if cfg.get(k) is not None]
@@ -110,13 +97,11 @@ def _edit_mask(cfg: DictConfig, modality, shape: list[int]) -> torch.Tensor | No
 
 def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     """mode=sample: rebuild the model from the checkpoint's own config, generate or edit, write files."""
-    denoiser, run_cfg, info, step = _load(cfg)
-    device = next(denoiser.parameters()).device
-    modality = build_modality(run_cfg["modality"])
-    class_names = info["class_names"] if run_cfg["model"].get("num_classes") else []
-    labels = resolve_labels(cfg["class"], cfg.n, class_names)
+    model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
+    denoiser, run_cfg, device, modality = model.denoiser, model.config, model.device, model.modality
+    class_names, shape, step = model.class_names, model.shape, model.step
+    labels = model.labels(cfg["class"], cfg.n)
     sigmas = build_sigmas(cfg.sampler, cfg.steps, run_cfg["diffusion"])
-    shape = info["shape"]
     options = dict(cfg.sampler.options)
     guide = {"guidance": cfg.guidance, "rescale": cfg.guidance_rescale, "interval": cfg.guidance_interval,
              "threshold": cfg.dynamic_threshold}

@@ -1,0 +1,117 @@
+"""The Python API: what the CLI does, for notebooks and scripts.
+
+    from mmdiff import api
+    ckpt = api.train(["trainer.max_steps=300"], run_dir="runs/digits")   # any CLI overrides
+    model = api.Model.from_checkpoint(ckpt)
+    x = model.sample(n=20, labels="7", steps=20, guidance=1.5, seed=0)   # model space [20, *shape]
+    images = model.decode(x)                                             # uint8 images / waveforms
+    model.save(x, "samples/", labels=model.labels("7", 20))             # PNGs / WAVs + grid (+ index.html)
+
+The diffusion core (mmdiff.core: schedules, samplers, guidance, editing, trajectories) works on the
+model-space tensors directly; ``Model.guided`` gives the denoiser(x, sigma) the samplers expect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir, initialize_config_module
+from omegaconf import DictConfig
+
+from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels
+from .checkpoint import load_checkpoint
+from .errors import UserError
+
+
+def config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config that ``python -m mmdiff OVERRIDES`` would run with."""
+    from .cli import config_path
+    path = config_path()
+    init = (initialize_config_module("mmdiff.conf", version_base="1.3") if path.startswith("pkg://")
+            else initialize_config_dir(config_dir=path, version_base="1.3"))
+    with init:
+        return compose("config", overrides=list(overrides))
+
+
+def train(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = "outputs/api") -> Path:
+    """Train as ``python -m mmdiff OVERRIDES`` would, into ``run_dir``; returns the checkpoint's path."""
+    from .build import check_run_config
+    from .train import train as train_run
+    cfg = config(list(overrides) + ["mode=train"])
+    check_run_config(cfg)
+    return train_run(cfg, run_dir)
+
+
+class Model:
+    """A trained denoiser with what it needs to sample: its modality, data shape and classes."""
+
+    def __init__(self, denoiser: torch.nn.Module, run_cfg: dict, info: dict, step: int = 0):
+        self.denoiser, self.config, self.info, self.step = denoiser, run_cfg, info, step
+        self.modality = build_modality(run_cfg["modality"])
+        self.shape: list[int] = info["shape"]
+        self.class_names: list[str] = info["class_names"] if run_cfg["model"].get("num_classes") else []
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> Model:
+        """Rebuild the model from a checkpoint's own config (EMA weights unless ema=False)."""
+        ckpt = load_checkpoint(path)
+        denoiser = build_denoiser(ckpt.config, ckpt.config["model"], ckpt.data)
+        try:
+            denoiser.load_state_dict(ckpt.ema if ema and ckpt.ema else ckpt.model)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {path} does not match the model its config describes ({e}): the file is "
+                            "damaged or was edited; use an intact checkpoint") from None
+        return cls(denoiser.to(pick_device(device)).eval(), ckpt.config, ckpt.data, ckpt.step)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def null_label(self) -> int:
+        return len(self.class_names)
+
+    def labels(self, value: Any, n: int) -> torch.Tensor | None:
+        """Labels for n samples: None (the classes in turn), or a class index or name, or a list."""
+        return resolve_labels(value, n, self.class_names)
+
+    def sigmas(self, steps: int = 20, schedule: str = "karras", **schedule_options) -> torch.Tensor:
+        """The noise levels of a sampling schedule over this model's range, ending in 0."""
+        options = schedule_options or ({"rho": 7.0} if schedule == "karras" else {})
+        return build_sigmas({"schedule": schedule, "schedule_options": options}, steps, self.config["diffusion"])
+
+    def guided(self, labels: torch.Tensor | None, guidance: float = 1.0, **options):
+        """The denoiser(x, sigma) the samplers call: labels and guidance bound in (see sample.guided)."""
+        from .sample import guided
+        y = None if labels is None else labels.to(self.device)
+        return guided(self.denoiser, y, self.null_label, guidance, **options)
+
+    @torch.no_grad()
+    def sample(self, n: int = 16, labels: Any = None, sampler: str = "dpmpp_2m", steps: int = 20,
+               guidance: float = 1.5, seed: int = 0, batch_size: int = 256, callback=None,
+               **sampler_options) -> torch.Tensor:
+        """n samples in model space [n, *shape]; sample i draws its noise from seed + i."""
+        from .sample import generate
+        y = labels if isinstance(labels, torch.Tensor) or labels is None and not self.class_names else \
+            self.labels(labels, n)
+        return generate(self.denoiser, shape=self.shape, labels=y, n=n, sampler=sampler, sigmas=self.sigmas(steps),
+                        guidance=guidance, null_label=self.null_label, seed=seed, batch_size=batch_size,
+                        sampler_options=sampler_options, device=self.device, callback=callback)
+
+    def encode(self, data: torch.Tensor) -> torch.Tensor:
+        """Data (images in [0, 1], waveforms in [-1, 1]) -> model space."""
+        return self.modality.encode(data)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> data: uint8 images [N, C, H, W], or float waveforms [N, 1, T]."""
+        return self.modality.decode(x)
+
+    def read(self, path: str | Path) -> torch.Tensor:
+        """An image or audio file -> model space [1, *shape], prepared like the training data."""
+        return self.modality.read(path, self.shape)
+
+    def save(self, x: torch.Tensor, out_dir: str | Path, labels: torch.Tensor | None = None) -> list[Path]:
+        """Write samples as the CLI does (one file per sample, a grid, and for audio index.html)."""
+        return self.modality.save_samples(x, labels, self.class_names or None, Path(out_dir))
