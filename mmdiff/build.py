@@ -23,7 +23,7 @@ from .core.samplers import SAMPLERS
 from .core.schedules import SCHEDULES, get_sigmas
 from .errors import UserError
 
-MODES = ("train", "sample")
+MODES = ("train", "sample", "eval", "train_evaluator")
 
 
 def to_container(cfg: DictConfig | dict) -> dict:
@@ -68,7 +68,8 @@ def check_run_config(cfg: DictConfig) -> None:
     """Checks of the top-level and trainer options, before anything is loaded."""
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown: use one of {', '.join(MODES)}")
-    check_sampling_config(cfg)
+    if cfg.mode in ("train", "sample", "eval"):
+        check_sampling_config(cfg)
     if cfg.mode == "train":
         t = cfg.trainer
         for key in ("max_steps", "batch_size", "grad_accum", "warmup_steps", "log_every", "sample_every",

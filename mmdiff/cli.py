@@ -28,6 +28,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> object:
     if cfg.mode == "train":
         from .train import train
         return train(cfg, run_dir)
+    if cfg.mode == "eval":
+        from .eval.evaluate import evaluate_from_config
+        return evaluate_from_config(cfg, run_dir)
+    if cfg.mode == "train_evaluator":
+        from .eval.evaluate import train_evaluator_from_config
+        return train_evaluator_from_config(cfg)
     from .sample import sample_from_checkpoint
     return sample_from_checkpoint(cfg)
 

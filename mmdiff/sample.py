@@ -10,6 +10,7 @@ for images and audio.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +154,9 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     with torch.no_grad():
         x = batched(cfg.n, cfg.n if trajectory else cfg.batch_size, cfg.seed, run)
     paths = modality.save_samples(x, labels, class_names or None, out)
+    if labels is not None:  # the class of each sample, in file order (mode=eval samples=FOLDER reads it)
+        (out / "labels.json").write_text(json.dumps([class_names[i] for i in labels.tolist()]) + "\n")
+        paths.append(out / "labels.json")
     if trajectory is not None:
         paths += _write_trajectories(modality, trajectory, x, sigmas, cfg, out)
     log.info("wrote %d files to %s", len(paths), out)

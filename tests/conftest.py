@@ -21,6 +21,13 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Evaluators trained by any test are cached in a temporary folder, never in ~/.cache."""
+    import os
+    os.environ["MMDIFF_CACHE"] = str(tmp_path_factory.mktemp("mmdiff-cache"))
+
+
 def compose_config(overrides: list[str] = ()):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides))

@@ -22,7 +22,18 @@ def test_train_then_sample(tmp_path):
                     "guidance=2.0", "seed=0", "out=samples/", cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == \
-        ["grid.png"] + [f"sample_{i:05d}.png" for i in range(6)]
+        ["grid.png", "labels.json"] + [f"sample_{i:05d}.png" for i in range(6)]
+
+
+def test_eval_and_train_evaluator_modes(tmp_path):
+    assert mmdiff(*TINY, "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    fast = ["eval.evaluator.epochs=2", "eval.kid_subsets=5"]
+    trained = mmdiff("mode=train_evaluator", "checkpoint=run", *fast, "hydra.run.dir=ev0", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "held-out accuracy" in trained.stdout
+    result = mmdiff("mode=eval", "checkpoint=run", "n=30", "steps=3", *fast, "hydra.run.dir=ev", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "real-vs-real floor" in result.stdout and (tmp_path / "ev" / "eval.json").is_file()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -58,7 +69,8 @@ def test_audio_train_then_sample_writes_wavs_spectrograms_and_a_page(tmp_path, m
     sample = mmdiff("mode=sample", "checkpoint=run", "n=3", "class=pluck", "steps=3", "out=gen", cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
     names = sorted(p.name for p in (tmp_path / "gen").iterdir())
-    assert names == ["grid.png", "grid.wav", "index.html"] + [f"sample_{i:05d}.{e}" for i in range(3) for e in ("png", "wav")]
+    assert names == ["grid.png", "grid.wav", "index.html", "labels.json"] + \
+        [f"sample_{i:05d}.{e}" for i in range(3) for e in ("png", "wav")]
     import soundfile as sf
     wave, rate = sf.read(tmp_path / "gen" / "sample_00000.wav")
     assert rate == 8000 and len(wave) >= 4000

@@ -1,0 +1,9 @@
+"""Evaluation: sample-quality metrics (Fréchet distance, KID, precision/recall, spectral distances) in
+the feature space of a small domain classifier that mmdiff trains itself on the reference data, with
+the real-vs-real floor beside every number. Nothing downloads weights: every metric works offline.
+
+- ``metrics``:   pure functions on feature arrays and waveforms
+- ``evaluator``: the domain classifier (images, or log-mel spectrograms of audio), trained and cached
+- ``evaluate``:  every metric for a kind of data, its floor, the table and ``mode=eval``
+- ``inception``: optional Inception FID, from a weights file the user supplies
+"""

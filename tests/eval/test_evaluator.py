@@ -1,0 +1,148 @@
+import pytest
+import torch
+
+from mmdiff.data.notes import load_notes
+from mmdiff.errors import UserError
+from mmdiff.eval import evaluator as ev_module
+from mmdiff.eval.evaluator import (Evaluator, EvaluatorNet, cache_dir, data_fingerprint, evaluator_cache_path,
+                                   load_or_train_evaluator, mel_settings, train_evaluator)
+from .conftest import digits_subset
+
+# Small and fast: two narrow stages, one thread (2 shared cores), seconds at most.
+FAST = {"epochs": 15, "channels": (16, 32), "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def digits200():
+    return digits_subset(20)
+
+
+@pytest.fixture(scope="module")
+def trained(digits200):
+    return train_evaluator(digits200, "image", **FAST)
+
+
+def test_trains_on_a_tiny_subset_well_above_chance(trained, digits200):
+    assert trained.info["n_train"] == 160 and trained.info["n_held_out"] == 40  # 20 % of each class held out
+    assert trained.held_out_accuracy > 0.5  # chance is 0.1
+    feats = trained.features(digits200.data[:7])
+    assert feats.shape == (7, 128) and feats.dtype == torch.float32 and torch.isfinite(feats).all()
+    assert trained.predict(digits200.data[:7]).shape == (7,)
+    assert (trained.predict(digits200.data) == digits200.labels).float().mean() > 0.5
+
+
+def test_training_is_deterministic_and_leaves_the_global_rng_alone(digits200, trained):
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    again = train_evaluator(digits200, "image", **FAST)
+    assert torch.equal(torch.rand(3), before)
+    assert torch.equal(again.features(digits200.data), trained.features(digits200.data))
+
+
+def test_save_load_round_trip_gives_identical_features(trained, digits200, tmp_path):
+    path = trained.save(tmp_path / "ev.safetensors")
+    loaded = Evaluator.load(path)
+    assert torch.equal(loaded.features(digits200.data), trained.features(digits200.data))
+    assert loaded.held_out_accuracy == trained.held_out_accuracy
+    assert loaded.fingerprint == trained.fingerprint == data_fingerprint(digits200, "image")
+    assert loaded.config == trained.config and loaded.path == path
+    assert [p.name for p in tmp_path.iterdir()] == ["ev.safetensors"]  # no temporary file left behind
+
+
+def test_a_damaged_file_is_a_user_error(tmp_path, trained):
+    path = trained.save(tmp_path / "ev.safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match="delete it"):
+        Evaluator.load(path)
+
+
+def test_wrong_image_shape_is_refused(trained):
+    with pytest.raises(ValueError, match="trained on images of shape"):
+        trained.features(torch.zeros(2, 1, 16, 16))
+
+
+def test_cache_is_reused_and_refit_when_the_data_changes(digits200, cache, monkeypatch):
+    calls = []
+    real_train = ev_module.train_evaluator
+    monkeypatch.setattr(ev_module, "train_evaluator", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    first = load_or_train_evaluator(digits200, kind="image", **FAST)
+    assert not first.from_cache and len(calls) == 1
+    assert first.path == cache / "evaluators" / f"evaluator-{first.fingerprint[:12]}.safetensors"
+    second = load_or_train_evaluator(digits200, kind="image", **FAST)
+    assert second.from_cache and len(calls) == 1  # not trained again
+    assert torch.equal(second.features(digits200.data), first.features(digits200.data))
+
+    changed = digits200.subset(slice(None))
+    changed.data = changed.data.clone()
+    changed.data[0, 0, 0, 0] += 0.5  # one pixel
+    third = load_or_train_evaluator(changed, kind="image", **FAST)
+    assert not third.from_cache and len(calls) == 2 and third.fingerprint != first.fingerprint
+    assert len(list((cache / "evaluators").iterdir())) == 2
+
+    # An explicit cache path holding another dataset's evaluator is refit and overwritten.
+    fourth = load_or_train_evaluator(digits200, first.path.parent / f"evaluator-{third.fingerprint[:12]}.safetensors",
+                                     kind="image", **FAST)
+    assert not fourth.from_cache and len(calls) == 3
+    assert Evaluator.load(fourth.path).fingerprint == first.fingerprint
+    load_or_train_evaluator(digits200, kind="image", retrain=True, **FAST)
+    assert len(calls) == 4
+
+
+def test_cache_location_next_to_writable_data_else_the_user_cache(tmp_path, cache, monkeypatch):
+    data = tmp_path / "my_data"
+    data.mkdir()
+    assert evaluator_cache_path("ab" * 32, data) == data / ".mmdiff" / f"evaluator-{'ab' * 6}.safetensors"
+    (data / "pack.npz").write_bytes(b"")  # a root that is a file: its folder
+    assert evaluator_cache_path("ab" * 32, data / "pack.npz").parent == data / ".mmdiff"
+    assert evaluator_cache_path("ab" * 32, None).parent == cache / "evaluators"  # built-in data
+    assert evaluator_cache_path("ab" * 32, tmp_path / "missing").parent == cache / "evaluators"
+    data.chmod(0o555)  # read-only (honoured even for root, who passes os.access everywhere)
+    try:
+        assert evaluator_cache_path("ab" * 32, data).parent == cache / "evaluators"
+    finally:
+        data.chmod(0o755)
+    monkeypatch.delenv("MMDIFF_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "mmdiff" / "evaluators"
+
+
+def test_cached_next_to_the_data_root(digits200, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    ev = load_or_train_evaluator(digits200, kind="image", data_root=root, **FAST)
+    assert ev.path.parent == root / ".mmdiff" and ev.path.is_file()
+    assert load_or_train_evaluator(digits200, kind="image", data_root=root, **FAST).from_cache
+
+
+def test_audio_evaluator_on_log_mel_of_notes():
+    notes = load_notes(per_pitch=2, timbres=["sine", "pluck"], seconds=0.25)  # 96 clips, 2 timbres
+    ev = train_evaluator(notes, "audio", sample_rate=8000, epochs=10, channels=(8, 16), num_threads=1)
+    assert ev.config["mel"] == mel_settings(8000) and ev.config["net"]["dims"] == 2
+    assert ev.held_out_accuracy > 0.75  # chance is 0.5
+    feats = ev.features(notes.data[:5])
+    assert feats.shape == (5, 128)
+    # any clip length: the spectrogram network pools globally over time
+    assert ev.features(torch.nn.functional.pad(notes.data[:5], (0, 1000))).shape == (5, 128)
+    with pytest.raises(ValueError, match="mono waveforms"):
+        ev.features(notes.data[:2, 0])
+
+
+def test_mel_settings_scale_with_the_sample_rate():
+    assert mel_settings(8000)["n_fft"] == 512 and mel_settings(16000)["n_fft"] == 1024
+    assert mel_settings(8000)["hop_length"] == 256
+
+
+def test_network_is_n_dimensional():
+    for dims, shape in [(1, (3, 50)), (2, (1, 9, 9)), (3, (1, 4, 4, 4))]:
+        net = EvaluatorNet(shape[0], 5, dims=dims, channels=(8, 16), feature_dim=12)
+        x = torch.randn(2, *shape)
+        assert net(x).shape == (2, 5) and net.features(x).shape == (2, 12)
+
+
+def test_one_class_is_refused(digits200):
+    one = digits200.subset(digits200.labels == 3)
+    one.labels = torch.zeros(len(one), dtype=torch.int64)
+    one.class_names = ["3"]
+    with pytest.raises(UserError, match="at least 2"):
+        train_evaluator(one, "image", **FAST)

@@ -1,0 +1,171 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from mmdiff.eval.metrics import (fd, frechet_distance, kid, knn_radii2, log_spectral_distance,
+                                 multires_stft_distance, polynomial_mmd2, precision_recall)
+from mmdiff.modalities import spectral
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+# --- Fréchet distance ------------------------------------------------------------------------------
+
+def test_fd_of_diagonal_gaussians_has_the_closed_form():
+    # For diagonal covariances the matrices commute: d^2 = ||mu1 - mu2||^2 + sum (s1 - s2)^2, s the stds.
+    mu1, mu2 = np.array([0.0, 1.0, -2.0, 3.0]), np.array([1.0, 1.0, 0.5, -1.0])
+    s1, s2 = np.array([1.0, 2.0, 0.5, 3.0]), np.array([2.0, 0.1, 0.5, 1.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((s1 - s2) ** 2)
+    assert frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fd_matches_scipy_sqrtm_on_full_covariances():
+    r = rng(1)
+    A, B = r.normal(size=(6, 6)), r.normal(size=(6, 6))
+    C1, C2 = A @ A.T + 0.1 * np.eye(6), B @ B.T + 0.1 * np.eye(6)
+    mu1, mu2 = r.normal(size=6), r.normal(size=6)
+    ref = np.sum((mu1 - mu2) ** 2) + np.trace(C1 + C2 - 2 * scipy.linalg.sqrtm(C1 @ C2).real)
+    assert frechet_distance(mu1, C1, mu2, C2) == pytest.approx(ref, rel=1e-9)
+
+
+def test_fd_is_exact_for_singular_covariances():
+    # Rank-1 covariances in 3-D (what fewer samples than dimensions gives): no eps needed.
+    u = np.array([[1.0, 2.0, 2.0]]) / 3  # unit vector
+    C1, C2 = 4 * u.T @ u, 9 * u.T @ u    # stds 2 and 3 along the same line
+    assert frechet_distance(np.zeros(3), C1, np.zeros(3), C2) == pytest.approx(1.0, abs=1e-12)  # (3 - 2)^2
+    assert frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), np.zeros((3, 3))) == pytest.approx(3.0)
+
+
+def test_fd_of_a_set_with_itself_is_zero_and_sample_fd_converges():
+    r = rng(2)
+    x = r.normal(size=(500, 8))
+    assert fd(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert fd(torch.from_numpy(x).float(), torch.from_numpy(x).float()) == pytest.approx(0.0, abs=1e-6)
+    mu1, mu2, s1, s2 = np.zeros(4), np.array([1.0, 0, 0, 2]), np.ones(4), np.array([0.5, 1, 2, 1])
+    exact = np.sum((mu1 - mu2) ** 2) + np.sum((s1 - s2) ** 2)  # 5 + 0.25 + 1 = 6.25
+    errors = []
+    for n in (1_000, 100_000):
+        a, b = mu1 + s1 * r.normal(size=(n, 4)), mu2 + s2 * r.normal(size=(n, 4))
+        errors.append(abs(fd(a, b) - exact))
+    assert errors[1] < 0.02 and errors[1] < errors[0] + 1e-3
+
+
+# --- KID -----------------------------------------------------------------------------------------
+
+def test_unbiased_mmd_matches_the_double_sum():
+    r = rng(3)
+    x, y = r.normal(size=(5, 3)), r.normal(size=(4, 3)) + 0.5
+    k = lambda a, b: (a @ b / 3 + 1) ** 3
+    xx = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
+    yy = sum(k(y[i], y[j]) for i in range(4) for j in range(4) if i != j) / 12
+    xy = sum(k(x[i], y[j]) for i in range(5) for j in range(4)) / 20
+    assert polynomial_mmd2(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+
+
+def test_kid_is_unbiased_where_the_v_statistic_is_not():
+    # Many independent pairs of small samples of one distribution: the population MMD^2 is 0. The
+    # unbiased estimate averages to 0 within its standard error; the biased one sits far above it.
+    r = rng(4)
+    unbiased, biased = [], []
+    for _ in range(400):
+        x, y = r.normal(size=(10, 4)), r.normal(size=(10, 4))
+        unbiased.append(polynomial_mmd2(x, y))
+        biased.append(polynomial_mmd2(x, y, unbiased=False))
+    se = lambda v: np.std(v) / np.sqrt(len(v))
+    assert abs(np.mean(unbiased)) < 3 * se(unbiased)
+    assert np.mean(biased) > 20 * se(biased)
+    # The same through kid() on identical sets: subsets of one pool, drawn independently, average ~0.
+    pool = r.normal(size=(2_000, 4))
+    mean, std = kid(pool, pool, subsets=200, subset_size=50, seed=0)
+    assert abs(mean) < 3 * std / np.sqrt(200) + 1e-3
+    shifted_mean, _ = kid(pool, pool + 1.0, subsets=20, subset_size=50)
+    assert shifted_mean > 50 * abs(mean)
+
+
+def test_linear_kernel_kid_converges_to_the_mean_shift():
+    # degree 1: k(a, b) = a.b / D + 1, whose population MMD^2 is ||mu_x - mu_y||^2 / D exactly.
+    r = rng(5)
+    delta = np.array([1.0, -2.0, 0.0, 2.0])  # ||delta||^2 / D = 9 / 4
+    mean, std = kid(r.normal(size=(20_000, 4)), r.normal(size=(20_000, 4)) + delta, subsets=50, subset_size=2_000,
+                    degree=1)
+    assert mean == pytest.approx(9 / 4, abs=0.05)
+
+
+def test_kid_is_deterministic_for_a_seed():
+    r = rng(6)
+    a, b = r.normal(size=(100, 3)), r.normal(size=(80, 3))
+    assert kid(a, b, subsets=5, subset_size=30, seed=1) == kid(a, b, subsets=5, subset_size=30, seed=1)
+
+
+# --- precision and recall ------------------------------------------------------------------------
+
+def grid(n):
+    """The integer points of an n x n grid [n^2, 2]."""
+    return np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2).astype(float)
+
+
+def test_knn_radii_on_a_grid():
+    # k = 3 on a grid with spacing 1: corners reach their 3rd neighbour at sqrt 2, every other point at 1.
+    r2 = knn_radii2(torch.from_numpy(grid(4)), k=3, batch_size=5).reshape(4, 4)
+    expected = torch.ones(4, 4, dtype=torch.float64)
+    expected[0, 0] = expected[0, -1] = expected[-1, 0] = expected[-1, -1] = 2.0
+    assert torch.equal(r2, expected)
+
+
+def test_precision_recall_identical_and_disjoint_sets():
+    real = rng(7).normal(size=(200, 5))
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+
+
+def test_precision_recall_of_a_sub_cluster_is_exact():
+    # Real: a 10 x 10 grid; fake: its 5 x 5 corner block. Every fake point is a real point: precision 1.
+    # Recall: the real points inside the fake balls (k = 3: radius 1, sqrt 2 at the block's corners):
+    # the 25 block points, the 5 + 5 next to its two open sides, and (5, 5), sqrt 2 from the corner (4, 4).
+    real = grid(10)
+    fake = grid(5)
+    precision, recall = precision_recall(real, fake, k=3, batch_size=7)
+    assert precision == 1.0
+    assert recall == (25 + 5 + 5 + 1) / 100
+    # ... and the roles swap: the block's points lie in the big grid's balls, 36 of 100 the other way.
+    assert precision_recall(fake, real, k=3) == (0.36, 1.0)
+
+
+def test_precision_recall_does_not_depend_on_the_batch_size():
+    r = rng(8)
+    real, fake = r.normal(size=(300, 6)), r.normal(size=(250, 6)) * 1.3 + 0.2
+    results = {precision_recall(real, fake, k=3, batch_size=b) for b in (1, 64, 10_000)}
+    assert len(results) == 1
+
+
+# --- spectral distances --------------------------------------------------------------------------
+
+def noise(n=2, T=4000, seed=0):
+    return 0.3 * torch.randn(n, 1, T, generator=torch.Generator().manual_seed(seed))
+
+
+def test_multires_stft_distance_zero_for_identical_positive_otherwise():
+    x = noise()
+    assert torch.equal(multires_stft_distance(x, x), torch.zeros(2, dtype=torch.float64))
+    d = multires_stft_distance(x, noise(seed=1))
+    assert d.shape == (2,) and (d > 0.5).all()
+    assert multires_stft_distance(x[0, 0], x[0, 0]).ndim == 0
+
+
+@pytest.mark.parametrize("c", [0.5, 2.0, 3.0])
+def test_multires_stft_distance_of_a_scaled_clip(c):
+    # |S^| = c |S| at every bin: spectral convergence |1 - c|, log-magnitude L1 |ln c|.
+    x = noise()
+    d = multires_stft_distance(x, c * x)
+    assert torch.allclose(d, torch.full((2,), abs(1 - c) + abs(math.log(c)), dtype=torch.float64), atol=1e-6)
+
+
+def test_log_spectral_distance_is_the_modality_one():
+    assert log_spectral_distance is spectral.log_spectral_distance
+    x = noise()
+    assert torch.allclose(log_spectral_distance(x, 2 * x), torch.full((2,), 20 * math.log10(2)), atol=1e-3)
