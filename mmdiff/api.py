@@ -20,8 +20,8 @@ import torch
 from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import DictConfig
 
-from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels
-from .checkpoint import load_checkpoint
+from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels, schedule_key
+from .checkpoint import load_checkpoint, resolve_checkpoint_path
 from .errors import UserError
 
 
@@ -47,8 +47,11 @@ def train(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = "ou
 class Model:
     """A trained denoiser with what it needs to sample: its modality, data shape and classes."""
 
-    def __init__(self, denoiser: torch.nn.Module, run_cfg: dict, info: dict, step: int = 0):
+    def __init__(self, denoiser: torch.nn.Module, run_cfg: dict, info: dict, step: int = 0,
+                 schedules: dict | None = None, path: Path | None = None):
         self.denoiser, self.config, self.info, self.step = denoiser, run_cfg, info, step
+        self.schedules: dict = dict(schedules or {})   # fitted step schedules, "sampler/steps" -> fit record
+        self.path = path
         self.modality = build_modality(run_cfg["modality"])
         self.shape: list[int] = info["shape"]
         self.class_names: list[str] = info["class_names"] if run_cfg["model"].get("num_classes") else []
@@ -63,7 +66,8 @@ class Model:
         except RuntimeError as e:
             raise UserError(f"checkpoint {path} does not match the model its config describes ({e}): the file is "
                             "damaged or was edited; use an intact checkpoint") from None
-        return cls(denoiser.to(pick_device(device)).eval(), ckpt.config, ckpt.data, ckpt.step)
+        return cls(denoiser.to(pick_device(device)).eval(), ckpt.config, ckpt.data, ckpt.step,
+                   ckpt.extra.get("schedules"), resolve_checkpoint_path(path))
 
     @property
     def device(self) -> torch.device:
@@ -74,13 +78,54 @@ class Model:
         return len(self.class_names)
 
     def labels(self, value: Any, n: int) -> torch.Tensor | None:
-        """Labels for n samples: None (the classes in turn), or a class index or name, or a list."""
+        """Labels for n samples: None (a block of ceil(n / classes) per class: the grid rows), or a class index
+        or name, or a list."""
         return resolve_labels(value, n, self.class_names)
 
-    def sigmas(self, steps: int = 20, schedule: str = "karras", **schedule_options) -> torch.Tensor:
-        """The noise levels of a sampling schedule over this model's range, ending in 0."""
+    def sigmas(self, steps: int = 20, schedule: str = "karras", sampler: str = "dpmpp_2m",
+               **schedule_options) -> torch.Tensor:
+        """The noise levels of a sampling schedule over this model's range, ending in 0 (schedule="fitted":
+        the one fitted for ``sampler`` and ``steps``, see :meth:`fit_schedule`)."""
         options = schedule_options or ({"rho": 7.0} if schedule == "karras" else {})
-        return build_sigmas({"schedule": schedule, "schedule_options": options}, steps, self.config["diffusion"])
+        return build_sigmas({"name": sampler, "schedule": schedule, "schedule_options": options}, steps,
+                            self.config["diffusion"], self.schedules)
+
+    def fit_schedule(self, sampler: str = "dpmpp_2m", steps: int = 10, *, n: int = 256, held_out: int = 256,
+                     guidance: float = 1.5, start: str = "karras", reference_steps: int = 200, sweeps: int = 3,
+                     iters: int = 8, seed: int = 0, save: bool = False):
+        """Fit a few-step schedule for ``sampler`` to this model (mmdiff.core.schedule_fit), keep it in
+        ``self.schedules`` (and in the checkpoint file if ``save``); returns the FitResult."""
+        from .core.schedule_fit import fit_schedule
+        k = len(self.class_names)
+
+        def problem(count: int, offset: int):
+            gen = torch.Generator().manual_seed(seed + offset)
+            noise = torch.randn(count, *self.shape, generator=gen).to(self.device)
+            labels = (torch.arange(offset, offset + count) % k) if k else None
+            return self.guided(labels, guidance), noise
+        denoiser, noise = problem(n, 0)
+        try:
+            result = fit_schedule(denoiser, noise, self.sigmas(steps, start, sampler), sampler,
+                                  floor=float(self.config["diffusion"]["sigma_min"]), reference_steps=reference_steps,
+                                  held_out=problem(held_out, n) if held_out else None, sweeps=sweeps, iters=iters)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        record = result.to_dict() | {"guidance": guidance, "start_schedule": start, "n": n, "seed": seed,
+                                     "model_step": self.step}
+        self.schedules[schedule_key(sampler, steps)] = record
+        if save:
+            self.save_schedules()
+        return result
+
+    def save_schedules(self, path: str | Path | None = None) -> Path:
+        """Write the fitted schedules into the checkpoint (atomically; the weights are not touched)."""
+        from .checkpoint import save_checkpoint
+        path = path or self.path
+        if path is None:
+            raise UserError("this model was not loaded from a checkpoint: pass the path to write to")
+        ckpt = load_checkpoint(self.path or path)
+        ckpt.extra["schedules"] = self.schedules
+        return save_checkpoint(path, ckpt)
 
     def guided(self, labels: torch.Tensor | None, guidance: float = 1.0, **options):
         """The denoiser(x, sigma) the samplers call: labels and guidance bound in (see sample.guided)."""
@@ -91,12 +136,14 @@ class Model:
     @torch.no_grad()
     def sample(self, n: int = 16, labels: Any = None, sampler: str = "dpmpp_2m", steps: int = 20,
                guidance: float = 1.5, seed: int = 0, batch_size: int = 256, callback=None,
-               **sampler_options) -> torch.Tensor:
-        """n samples in model space [n, *shape]; sample i draws its noise from seed + i."""
+               schedule: str = "karras", **sampler_options) -> torch.Tensor:
+        """n samples in model space [n, *shape]; sample i draws its noise from seed + i.
+        ``schedule``: a step schedule's name, or "fitted" (see :meth:`fit_schedule`)."""
         from .sample import generate
         y = labels if isinstance(labels, torch.Tensor) or labels is None and not self.class_names else \
             self.labels(labels, n)
-        return generate(self.denoiser, shape=self.shape, labels=y, n=n, sampler=sampler, sigmas=self.sigmas(steps),
+        return generate(self.denoiser, shape=self.shape, labels=y, n=n, sampler=sampler,
+                        sigmas=self.sigmas(steps, schedule, sampler),
                         guidance=guidance, null_label=self.null_label, seed=seed, batch_size=batch_size,
                         sampler_options=sampler_options, device=self.device, callback=callback)
 

@@ -20,10 +20,10 @@ from omegaconf.errors import MissingMandatoryValue
 
 from .core.precond import Precond
 from .core.samplers import SAMPLERS
-from .core.schedules import SCHEDULES, get_sigmas
+from .core.schedules import FITTED, SCHEDULES, get_sigmas
 from .errors import UserError
 
-MODES = ("train", "sample", "eval", "train_evaluator")
+MODES = ("train", "sample", "eval", "train_evaluator", "fit_schedule")
 
 
 def to_container(cfg: DictConfig | dict) -> dict:
@@ -68,7 +68,7 @@ def check_run_config(cfg: DictConfig) -> None:
     """Checks of the top-level and trainer options, before anything is loaded."""
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown: use one of {', '.join(MODES)}")
-    if cfg.mode in ("train", "sample", "eval"):
+    if cfg.mode in ("train", "sample", "eval", "fit_schedule"):
         check_sampling_config(cfg)
     if cfg.mode == "train":
         t = cfg.trainer
@@ -85,8 +85,9 @@ def check_sampling_config(cfg: DictConfig) -> None:
     s = cfg.sampler
     if s.name not in SAMPLERS:
         raise UserError(f"sampler.name={s.name} is unknown: use one of {', '.join(sorted(SAMPLERS))}")
-    if s.schedule not in SCHEDULES:
-        raise UserError(f"sampler.schedule={s.schedule} is unknown: use one of {', '.join(sorted(SCHEDULES))}")
+    if s.schedule not in SCHEDULES and not (s.schedule == FITTED and cfg.mode != "train"):
+        fitted = f" or {FITTED} (sampling from a checkpoint holding a fitted schedule)"
+        raise UserError(f"sampler.schedule={s.schedule} is unknown: use one of {', '.join(sorted(SCHEDULES))}{fitted}")
     _positive(cfg.steps, "steps")
     _positive(cfg.n, "n")
     _positive(cfg.batch_size, "batch_size")
@@ -170,8 +171,23 @@ def build_denoiser(cfg: DictConfig | dict, model_cfg: dict, info: dict) -> Preco
 
 # --- sampling plan -------------------------------------------------------------------------------
 
-def build_sigmas(sampler_cfg: DictConfig | dict, steps: int, diffusion_cfg: DictConfig | dict) -> torch.Tensor:
-    """The decreasing noise levels a sampler visits, ending in 0."""
+def schedule_key(sampler: str, steps: int) -> str:
+    """Where a checkpoint keeps the schedule fitted for a sampler and number of steps."""
+    return f"{sampler}/{int(steps)}"
+
+
+def build_sigmas(sampler_cfg: DictConfig | dict, steps: int, diffusion_cfg: DictConfig | dict,
+                 fitted: dict | None = None) -> torch.Tensor:
+    """The decreasing noise levels a sampler visits, ending in 0. ``fitted``: the schedules a checkpoint
+    holds (``sampler.schedule=fitted`` picks the one for this sampler and number of steps)."""
+    if sampler_cfg["schedule"] == FITTED:
+        key = schedule_key(sampler_cfg["name"], steps)
+        if key not in (fitted or {}):
+            have = ", ".join(sorted(fitted or {})) or "none"
+            raise UserError(f"sampler.schedule={FITTED}: the checkpoint holds no schedule fitted for {key} (it has: "
+                            f"{have}); fit one with `python -m mmdiff mode=fit_schedule checkpoint=... "
+                            f"sampler={sampler_cfg['name']} steps={int(steps)}`, or use another sampler.schedule")
+        return torch.tensor(fitted[key]["sigmas"], dtype=torch.float64)
     options = dict(sampler_cfg.get("schedule_options") or {})
     try:
         return get_sigmas(sampler_cfg["schedule"], int(steps), float(diffusion_cfg["sigma_min"]),

@@ -34,6 +34,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> object:
     if cfg.mode == "train_evaluator":
         from .eval.evaluate import train_evaluator_from_config
         return train_evaluator_from_config(cfg)
+    if cfg.mode == "fit_schedule":
+        from .sample import fit_schedule_from_config
+        return fit_schedule_from_config(cfg)
     from .sample import sample_from_checkpoint
     return sample_from_checkpoint(cfg)
 

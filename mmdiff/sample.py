@@ -11,6 +11,7 @@ for images and audio.
 from __future__ import annotations
 
 import json
+import time
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from .api import Model
-from .build import build_sigmas
+from .build import build_sigmas, schedule_key
 from .core.editing import continuation_input, gap_mask, inpaint, interpolate_noise, sdedit
 from .core.guidance import CFGDenoiser, DynamicThreshold
 from .core.samplers import SAMPLERS
@@ -102,7 +103,7 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     denoiser, run_cfg, device, modality = model.denoiser, model.config, model.device, model.modality
     class_names, shape, step = model.class_names, model.shape, model.step
     labels = model.labels(cfg["class"], cfg.n)
-    sigmas = build_sigmas(cfg.sampler, cfg.steps, run_cfg["diffusion"])
+    sigmas = build_sigmas(cfg.sampler, cfg.steps, run_cfg["diffusion"], model.schedules)
     options = dict(cfg.sampler.options)
     guide = {"guidance": cfg.guidance, "rescale": cfg.guidance_rescale, "interval": cfg.guidance_interval,
              "threshold": cfg.dynamic_threshold}
@@ -208,3 +209,26 @@ def _strip(modality, frames: torch.Tensor, levels: torch.Tensor, path: Path) -> 
     modality.save_grid(flat, labels, [f"sample {r}" for r in range(R)], path)
     path.with_suffix(".txt").write_text("sigma per column: " + ", ".join(f"{s:.4g}" for s in levels.tolist()) + "\n")
     return path
+
+
+def fit_schedule_from_config(cfg: DictConfig) -> dict:
+    """mode=fit_schedule: fit a step schedule for cfg.sampler and cfg.steps to the checkpoint's model and
+    store it in the checkpoint (or fit.out), where sampler.schedule=fitted finds it."""
+    model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
+    f = cfg.fit
+    start = cfg.sampler.schedule if cfg.sampler.schedule != "fitted" else "karras"
+    t0 = time.perf_counter()
+    result = model.fit_schedule(cfg.sampler.name, cfg.steps, n=f.n, held_out=f.held_out, guidance=cfg.guidance,
+                                start=start, reference_steps=f.reference_steps, sweeps=f.sweeps, iters=f.iters,
+                                seed=cfg.seed)
+    path = model.save_schedules(f.out)
+    record = model.schedules[schedule_key(cfg.sampler.name, cfg.steps)]
+    print(f"fitted a {cfg.steps}-step schedule for {cfg.sampler.name} (guidance {cfg.guidance}) in "
+          f"{time.perf_counter() - t0:.0f} s, {result.evaluations} solves of {f.n} samples")
+    print(f"  RMS error vs a {f.reference_steps}-step Heun solve   {start:>12}   fitted")
+    print(f"  fitting batch ({f.n:>4})                  {result.error[0]:12.5f} {result.error[1]:9.5f}")
+    if result.held_out:
+        print(f"  held-out noises ({f.held_out:>4})              {result.held_out[0]:12.5f} {result.held_out[1]:9.5f}")
+    print("  sigmas " + " ".join(f"{s:.4g}" for s in record["sigmas"]))
+    print(f"stored in {path}; sample with: sampler={cfg.sampler.name} steps={cfg.steps} sampler.schedule=fitted")
+    return record

@@ -105,6 +105,13 @@ def log_uniform(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     return append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp())
 
 
+def uniform_time(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Uniform steps in the time of EDM's ODE, where t = sigma (Karras with rho = 1). Uniform steps in
+    the time of a VP process are :func:`vp_linear` and :func:`cosine`."""
+    _check(n, sigma_min, sigma_max)
+    return append_zero(torch.linspace(sigma_max, sigma_min, n, dtype=torch.float64))
+
+
 def vp_linear(n: int, sigma_min: float, sigma_max: float, beta_d: float = 19.9, beta_min: float = 0.1) -> torch.Tensor:
     """Uniform steps in the time of the VP-linear process between sigma_max and sigma_min
     (EDM Table 1, "VP" column, with the end points taken from sigma_min/sigma_max)."""
@@ -122,7 +129,11 @@ def cosine(n: int, sigma_min: float, sigma_max: float, s: float = 0.008) -> torc
     return append_zero(cosine_sigma(torch.linspace(t_max, t_min, n, dtype=torch.float64), s))
 
 
-SCHEDULES = {"karras": karras, "log_uniform": log_uniform, "vp_linear": vp_linear, "cosine": cosine}
+SCHEDULES = {"karras": karras, "log_uniform": log_uniform, "uniform_time": uniform_time, "vp_linear": vp_linear,
+             "cosine": cosine}
+# A schedule fitted to a trained model (mmdiff.core.schedule_fit) is data, not a formula: it is stored
+# in the checkpoint and chosen with sampler.schedule=fitted (mmdiff.build.build_sigmas).
+FITTED = "fitted"
 
 
 def get_sigmas(name: str, n: int, sigma_min: float, sigma_max: float, **params) -> torch.Tensor:

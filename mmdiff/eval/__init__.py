@@ -7,3 +7,11 @@ the real-vs-real floor beside every number. Nothing downloads weights: every met
 - ``evaluate``:  every metric for a kind of data, its floor, the table and ``mode=eval``
 - ``inception``: optional Inception FID, from a weights file the user supplies
 """
+
+# (the function evaluate stays in mmdiff.eval.evaluate: re-exporting it would hide that module)
+from .evaluate import as_data, evaluate_reconstructions, split_halves
+from .evaluator import Evaluator, load_or_train_evaluator, train_evaluator
+from .metrics import fd, kid, precision_recall
+
+__all__ = ["Evaluator", "as_data", "evaluate_reconstructions", "fd", "kid", "load_or_train_evaluator",
+           "precision_recall", "split_halves", "train_evaluator"]

@@ -306,7 +306,8 @@ def _generate(cfg: DictConfig) -> tuple[Tensor, Tensor | None]:
     model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
     labels = model.labels(cfg["class"], cfg.n)
     x = generate(model.denoiser, shape=model.shape, labels=labels, n=cfg.n, sampler=cfg.sampler.name,
-                 sigmas=build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"]), guidance=cfg.guidance,
+                 sigmas=build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules),
+                 guidance=cfg.guidance,
                  null_label=model.null_label, seed=cfg.seed, batch_size=cfg.batch_size,
                  sampler_options=dict(cfg.sampler.options), device=model.device, rescale=cfg.guidance_rescale,
                  interval=cfg.guidance_interval, threshold=cfg.dynamic_threshold)

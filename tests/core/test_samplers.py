@@ -225,3 +225,22 @@ def test_samplers_run_in_float32_on_any_rank():
     for name, fn in SAMPLERS.items():
         out = fn(gm.denoise, x, schedules.karras(20, 0.002, 80.0), generator=torch.Generator().manual_seed(0))
         assert out.dtype == torch.float32 and out.shape == x.shape and torch.isfinite(out).all(), name
+
+
+def test_lms_coefficients_are_exact_integrals_of_the_lagrange_basis():
+    import numpy as np
+
+    from mmdiff.core.samplers.euler import lms_coefficient
+    from mmdiff.core.schedules import karras
+    s = karras(10, 0.01, 80.0).tolist()
+    for i in range(3, 9):
+        for order in (1, 2, 3, 4):
+            weights = [lms_coefficient(s, i, j, order) for j in range(order)]
+            assert sum(weights) == pytest.approx(s[i + 1] - s[i], rel=1e-12)  # the basis sums to 1
+            for j in range(order):
+                basis = np.poly1d([1.0])
+                for k in range(order):
+                    if k != j:
+                        basis *= np.poly1d([1.0, -s[i - k]]) / (s[i - j] - s[i - k])
+                exact = np.polyint(basis)(s[i + 1]) - np.polyint(basis)(s[i])
+                assert weights[j] == pytest.approx(exact, rel=1e-10, abs=1e-12)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .common import Denoiser, Generator, ancestral_step, churn, prepare, randn_like, report, to_d
@@ -75,17 +74,29 @@ def sample_dpm_2(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, g
     return x
 
 
-def lms_coefficient(sigmas: torch.Tensor, i: int, j: int, order: int) -> float:
+# 4-point Gauss-Legendre rule on [-1, 1]: exact for polynomials up to degree 7 (LMS up to order 8)
+_GL_NODES = (-0.8611363115940526, -0.3399810435848563, 0.3399810435848563, 0.8611363115940526)
+_GL_WEIGHTS = (0.3478548451374538, 0.6521451548625461, 0.6521451548625461, 0.3478548451374538)
+
+
+def lms_coefficient(sigmas, i: int, j: int, order: int) -> float:
     """The weight of the derivative at sigmas[i - j] in the variable-step Adams-Bashforth step from
     sigmas[i] to sigmas[i + 1]: the integral over that interval of the Lagrange basis polynomial that
-    is 1 at sigmas[i - j] and 0 at the other order - 1 nodes (computed exactly, in float64)."""
+    is 1 at sigmas[i - j] and 0 at the other order - 1 nodes (exact: Gauss-Legendre quadrature of a
+    polynomial of degree < 8, in float64). ``sigmas``: a sequence of floats (or a 1-D tensor)."""
+    if order > 8:
+        raise ValueError(f"lms supports order <= 8, got {order}")
     nodes = [float(sigmas[i - k]) for k in range(order)]
-    poly = np.poly1d([1.0])
-    for k in range(order):
-        if k != j:
-            poly *= np.poly1d([1.0, -nodes[k]]) / (nodes[j] - nodes[k])
-    integral = np.polyint(poly)
-    return float(integral(float(sigmas[i + 1])) - integral(float(sigmas[i])))
+    a, b = float(sigmas[i]), float(sigmas[i + 1])
+    half, mid = (b - a) / 2, (a + b) / 2
+    total = 0.0
+    for t, w in zip(_GL_NODES, _GL_WEIGHTS):
+        s, basis = mid + half * t, 1.0
+        for k in range(order):
+            if k != j:
+                basis *= (s - nodes[k]) / (nodes[j] - nodes[k])
+        total += w * basis
+    return total * half
 
 
 @torch.no_grad()
@@ -97,17 +108,17 @@ def sample_lms(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, gen
     if order < 1:
         raise ValueError(f"lms needs order >= 1, got {order}")
     sigmas, s_in = prepare(x, sigmas)
-    sigmas_cpu = sigmas.detach().cpu().double()
+    levels = sigmas.detach().cpu().double().tolist()
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i] * s_in)
         ds.insert(0, to_d(x, sigmas[i] * s_in, denoised))
         del ds[order:]
-        if sigmas[i + 1] == 0:
+        if levels[i + 1] == 0:
             x = denoised  # an Euler step to 0, as in every sampler here (extrapolating the polynomial is unstable)
         else:
-            k = len(ds)
-            x = x + sum(lms_coefficient(sigmas_cpu, i, j, k) * d for j, d in enumerate(ds))
+            for j, d in enumerate(ds):
+                x = x + lms_coefficient(levels, i, j, len(ds)) * d
         report(callback, i, x, sigmas[i], sigmas[i + 1], denoised)
     return x
 

@@ -1,0 +1,58 @@
+"""The notebooks in notebooks/ run top to bottom (each trains its own tiny model into a temporary folder,
+about a minute and a half on 2 CPU cores), and are committed without outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+EXPECTED = ["01_forward_and_reverse", "02_image_samples", "03_audio_samples", "04_samplers"]
+CELL_TIMEOUT = 300  # seconds, per cell
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def test_the_notebooks_of_issue_7_exist():
+    names = [p.stem for p in NOTEBOOKS]
+    assert set(EXPECTED) <= set(names), f"missing notebooks: {sorted(set(EXPECTED) - set(names))}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_without_outputs(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    dirty = [i for i, cell in enumerate(nb["cells"]) if cell["cell_type"] == "code"
+             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; clear them "
+                       f"(jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)})")
+    assert nb["metadata"].get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    # The kernel inherits this process's environment, so evaluators go to the session's temporary cache
+    # (MMDIFF_CACHE, tests/conftest.py); the notebooks' runs go to temporary folders of their own.
+    nb = nbformat.read(path, as_version=4)
+    # kernel "python3" is the interpreter running the tests (ipykernel's native kernel spec)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as e:  # the failing cell's source and traceback, without terminal colours
+        pytest.fail(f"{path.name} failed after {time.perf_counter() - start:.0f} s:\n{ANSI.sub('', str(e))}",
+                    pytrace=False)
+    seconds = time.perf_counter() - start
+    print(f"{path.name}: {seconds:.1f} s", file=sys.stderr)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
