@@ -43,16 +43,21 @@ def sampler_options(name: str) -> dict:
     return dict(OmegaConf.load(CONF / f"{name}.yaml").options)
 
 
-def count_nfe(name: str, steps: int, options: dict) -> int:
-    calls = 0
+class Counter:
+    def __init__(self, denoiser):
+        self.denoiser, self.calls = denoiser, 0
 
-    def trivial(x, sigma):
-        nonlocal calls
-        calls += 1
-        return x * 0
-    SAMPLERS[name](trivial, torch.randn(1, 2, dtype=torch.float64) * 80, karras(steps, 0.002, 80.0),
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return self.denoiser(x, sigma)
+
+
+def count_nfe(name: str, steps: int, options: dict) -> int:
+    """Network evaluations of ``name`` over ``steps`` steps (counted on a denoiser that costs nothing)."""
+    counted = Counter(lambda x, sigma: x * 0)
+    SAMPLERS[name](counted, torch.randn(1, 2, dtype=torch.float64) * 80, karras(steps, 0.002, 80.0),
                    generator=[torch.Generator().manual_seed(0)], **options)
-    return calls
+    return counted.calls
 
 
 def steps_for(name: str, budget: int, options: dict) -> int | None:
@@ -62,15 +67,6 @@ def steps_for(name: str, budget: int, options: dict) -> int | None:
         if count_nfe(name, steps, options) <= budget:
             best = steps
     return best
-
-
-class Counter:
-    def __init__(self, denoiser):
-        self.denoiser, self.calls = denoiser, 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        return self.denoiser(x, sigma)
 
 
 def run(name: str, denoiser, noise: torch.Tensor, sigmas: torch.Tensor, options: dict) -> tuple[torch.Tensor, int]:

@@ -17,7 +17,7 @@ from mmdiff.build import build_denoiser, resolve_model_config
 from mmdiff.core.samplers import SAMPLERS
 from mmdiff.core.schedules import karras
 
-from sampler_nfe import sampler_options  # noqa: E402  (benchmarks/ is the working folder)
+from sampler_nfe import count_nfe, sampler_options  # noqa: E402  (benchmarks/ is the working folder)
 
 
 def best_of(fn, repeats: int = 5) -> float:
@@ -52,18 +52,14 @@ def main(batch: int = 64, steps: int = 20) -> None:
         print(f"| sampler | NFE | sampler time per NFE (ms) | share of a forward pass |\n|---|---|---|---|")
         fixed = torch.randn_like(x)
         for name in SAMPLERS:
-            calls = 0
-
             def free(x_, s_):
-                nonlocal calls
-                calls += 1
                 return fixed
             options = sampler_options(name)
             sigmas = karras(steps, 0.002, 80.0).float()
             gens = [torch.Generator().manual_seed(i) for i in range(batch)]
             with torch.no_grad():
                 total = best_of(lambda: SAMPLERS[name](free, x * 80.0, sigmas, generator=gens, **options))
-            nfe = calls // 6  # best_of ran it 6 times
+            nfe = count_nfe(name, steps, options)
             per = total / max(nfe, 1)
             print(f"| {name} | {nfe} | {per * 1e3:.3f} | {per / forward:.2%} |")
 

@@ -118,14 +118,15 @@ class Model:
         return result
 
     def save_schedules(self, path: str | Path | None = None) -> Path:
-        """Write the fitted schedules into the checkpoint (atomically; the weights are not touched)."""
+        """Write the fitted schedules into this model's checkpoint, or into a copy of it at ``path``
+        (atomically; the weights and training state are carried over untouched)."""
         from .checkpoint import save_checkpoint
-        path = path or self.path
-        if path is None:
-            raise UserError("this model was not loaded from a checkpoint: pass the path to write to")
-        ckpt = load_checkpoint(self.path or path)
+        if self.path is None:
+            raise UserError("this model was not loaded from a checkpoint, so there is none to store schedules in: "
+                            "load it with Model.from_checkpoint")
+        ckpt = load_checkpoint(self.path)
         ckpt.extra["schedules"] = self.schedules
-        return save_checkpoint(path, ckpt)
+        return save_checkpoint(path or self.path, ckpt)
 
     def guided(self, labels: torch.Tensor | None, guidance: float = 1.0, **options):
         """The denoiser(x, sigma) the samplers call: labels and guidance bound in (see sample.guided)."""

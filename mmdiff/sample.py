@@ -24,6 +24,7 @@ from .build import build_sigmas, schedule_key
 from .core.editing import continuation_input, gap_mask, inpaint, interpolate_noise, sdedit
 from .core.guidance import CFGDenoiser, DynamicThreshold
 from .core.samplers import SAMPLERS
+from .core.schedules import FITTED
 from .core.trajectory import Trajectory, forward_process
 from .errors import UserError
 
@@ -216,7 +217,7 @@ def fit_schedule_from_config(cfg: DictConfig) -> dict:
     store it in the checkpoint (or fit.out), where sampler.schedule=fitted finds it."""
     model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
     f = cfg.fit
-    start = cfg.sampler.schedule if cfg.sampler.schedule != "fitted" else "karras"
+    start = "karras" if cfg.sampler.schedule == FITTED else cfg.sampler.schedule  # refit from scratch
     t0 = time.perf_counter()
     result = model.fit_schedule(cfg.sampler.name, cfg.steps, n=f.n, held_out=f.held_out, guidance=cfg.guidance,
                                 start=start, reference_steps=f.reference_steps, sweeps=f.sweeps, iters=f.iters,
