@@ -18,14 +18,18 @@ Timings are interleaved (A, B, C, ... A, B, C, ...) after a warm-up, so that noi
 machine hits every model alike; the table gives the median and best step time. FLOPs per step come from
 ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (the optimizer's elementwise work
 is not counted; CPU attention kernels, which torch's counter does not know, are counted with its SDPA
-formulas). The matmul peaks are the best of several 2048x2048 matmuls in float32 and bfloat16.
+formulas), in fp32 for every model; its bf16 row does the same arithmetic and reuses the count. The
+matmul peaks are the best of several 2048x2048 matmuls in float32 and bfloat16; a 3x3 convolution's rate
+is printed beside them, since the share of the "peak" can pass 100 % (see ``conv_rate``).
 
 ``--quality`` adds the bf16 sample-quality check: two digits trainings of the default config with the
 same trainer.max_steps, fp32 and bf16, each scored by ``python -m mmdiff mode=eval ... n=900`` (digits FD
-and its real-vs-real floor).
+and its real-vs-real floor) at guidance 1.5 and 0, once per sampling seed (the same seeds for both), and
+compared by the paired difference.
 
 Usage (the benchmark venv: pip install -e ".[bench]"):
-    python benchmarks/compare_throughput.py [--threads 2] [--steps 10] [--quality [--quality-steps 1500]]
+    python benchmarks/compare_throughput.py [--threads 2] [--steps 10] [--quality [--quality-steps 1500]
+                                             [--quality-seeds 0 1000 ...] [--quality-guidance 1.5 0]]
 """
 
 from __future__ import annotations
@@ -64,10 +68,10 @@ def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *arg
     return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-# torch's counter registers the CUDA attention kernels only; both libraries call F.scaled_dot_product_attention,
-# which on the CPU runs these two.
-CPU_ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu.default: _cpu_sdpa,
-                 aten._scaled_dot_product_flash_attention_for_cpu_backward.default: _cpu_sdpa_backward}
+# torch's counter registers the CUDA attention kernels only; F.scaled_dot_product_attention on the CPU runs
+# these two. The counter looks ops up by their overload packet (aten.x, not aten.x.default).
+CPU_ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
+                 aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
 
 
 def count_flops(fn) -> int:
@@ -78,17 +82,29 @@ def count_flops(fn) -> int:
 
 # --- matmul peaks --------------------------------------------------------------------------------
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
-    """FLOP/s of the best of ``repeats`` n x n matmuls (2 n^3 FLOPs each)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def _best_rate(fn, flops: float, repeats: int) -> float:
     for _ in range(2):
-        a @ b
+        fn()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return flops / best
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of the best of ``repeats`` n x n matmuls (2 n^3 FLOPs each)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return _best_rate(lambda: a @ b, 2 * n**3, repeats)
+
+
+def conv_rate(dtype: torch.dtype, ch: int = 128, size: int = 16, batch: int = 32, repeats: int = 8) -> float:
+    """FLOP/s of the best of ``repeats`` 3x3 convolutions (ch -> ch, size x size, batch), counted as direct
+    convolutions (2 ch^2 9 size^2 batch FLOPs) like the FLOP counter does. oneDNN may use Winograd for
+    these, which does less arithmetic, so this rate can exceed the matmul peak."""
+    x, w = torch.randn(batch, ch, size, size).to(dtype), torch.randn(ch, ch, 3, 3).to(dtype)
+    return _best_rate(lambda: F.conv2d(x, w, padding=1), 2 * ch * ch * 9 * size * size * batch, repeats)
 
 
 # --- the competitors ----------------------------------------------------------------------------
@@ -184,8 +200,10 @@ def measure(runners: list[Runner], warmup: int, steps: int) -> None:
             t = runner.step()
             if r >= warmup:
                 runner.times.append(t)
-    for runner in runners:
+    for runner in runners:  # the model's FLOPs, counted in fp32: a bf16 row does the same arithmetic
+        autocast, runner.autocast = runner.autocast, torch.autocast("cpu", enabled=False)
         runner.flops = count_flops(runner.forward_backward)
+        runner.autocast = autocast
 
 
 def table(size_name: str, runners: list[Runner], batch: int, peaks: dict) -> tuple[str, list[dict]]:
@@ -209,39 +227,62 @@ def table(size_name: str, runners: list[Runner], batch: int, peaks: dict) -> tup
 
 # --- bf16 sample quality (optional) --------------------------------------------------------------
 
-def quality(steps: int, out_dir: Path, threads: int) -> tuple[str, dict]:
-    """Train the default digits config for ``steps`` steps in fp32 and in bf16, score each with mode=eval."""
-    results = {}
+def quality(steps: int, out_dir: Path, threads: int, seeds: list[int], guidances: list[float]) -> tuple[str, dict]:
+    """Train the default digits config for ``steps`` steps in fp32 and in bf16; score both checkpoints with
+    mode=eval (900 samples) at each guidance scale, once per sampling seed, the same seeds for both, so that
+    bf16 - fp32 is a paired difference whose spread shows the sampling noise. (Training noise, another
+    seed of the training itself, is not varied.)"""
+    runs = {}
     for precision in ("fp32", "bf16"):
         run = out_dir / f"compare_quality_{precision}"
         train = [sys.executable, "-m", "mmdiff", f"trainer.precision={precision}", f"trainer.max_steps={steps}",
                  "trainer.max_seconds=100000", f"trainer.num_threads={threads}", "trainer.progress=false",
                  f"hydra.run.dir={run}"]
-        evaluate = [sys.executable, "-m", "mmdiff", "mode=eval", f"checkpoint={run}/last.safetensors", "n=900",
-                    f"hydra.run.dir={run}_eval"]
-        t = time.perf_counter()
-        for cmd, log in ((train, f"{run}.train.log"), (evaluate, f"{run}.eval.log")):
-            print("$ python", " ".join(cmd[1:]), flush=True)
-            with open(log, "w") as f:
-                subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
-        seconds = time.perf_counter() - t
-        metrics = json.loads(Path(f"{run}_eval/eval.json").read_text())["metrics"]
+        _run(train, f"{run}.train.log")
         done = re.findall(r"done: (\d+) steps \((\d+) samples\) in ([\d.]+) s", Path(f"{run}.train.log").read_text())
         step, samples, loop = done[-1]
-        results[precision] = {"fd": metrics["fd"]["samples"], "floor": metrics["fd"]["floor"],
-                              "accuracy": metrics.get("accuracy", {}).get("samples"),
-                              "train_seconds": float(loop), "step": int(step),
-                              "images_per_s": int(samples) / float(loop),
-                              "total_seconds": round(seconds, 1)}
-    lines = ["| precision | steps | train s | images/s | FD | floor | FD - floor | class accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
-    for p, r in results.items():
-        lines.append(f"| {p} | {r['step']} | {r['train_seconds']:.0f} | {r['images_per_s']:.0f} | {r['fd']:.3f} | "
-                     f"{r['floor']:.3f} | {r['fd'] - r['floor']:.3f} | {r['accuracy']:.3f} |")
-    ok = results["bf16"]["fd"] <= results["fp32"]["fd"]
-    lines.append(f"\nbf16 FD / fp32 FD = {results['bf16']['fd'] / results['fp32']['fd']:.3f} "
-                 f"({'no worse' if ok else 'worse'} than fp32)")
+        runs[precision] = {"run": run, "step": int(step), "train_seconds": float(loop),
+                           "images_per_s": int(samples) / float(loop), "scores": {}}
+    floor = None
+    for g in guidances:
+        for seed in seeds:
+            for precision, r in runs.items():
+                out = Path(f"{r['run']}_eval_g{g}_s{seed}")
+                _run([sys.executable, "-m", "mmdiff", "mode=eval", f"checkpoint={r['run']}/last.safetensors",
+                      "n=900", f"seed={seed}", f"guidance={g}", f"hydra.run.dir={out}"], f"{out}.log")
+                metrics = json.loads((out / "eval.json").read_text())["metrics"]
+                floor = metrics["fd"]["floor"]
+                r["scores"].setdefault(str(g), []).append(
+                    {"seed": seed, "fd": metrics["fd"]["samples"], "accuracy": metrics.get("accuracy", {}).get("samples")})
+
+    lines = [f"training: fp32 {runs['fp32']['images_per_s']:.0f} images/s, bf16 {runs['bf16']['images_per_s']:.0f} "
+             f"images/s ({runs['fp32']['step']} steps each); FD floor (real vs real) {floor:.3f}; seeds {seeds}", "",
+             "| guidance | fp32 FD mean (sd) | bf16 FD mean (sd) | bf16 / fp32 | paired bf16 - fp32 (se) | "
+             "class accuracy fp32 / bf16 | bf16 no worse |", "|---|---|---|---|---|---|---|"]
+    summary = {}
+    for g in map(str, guidances):
+        fd = {p: [x["fd"] for x in runs[p]["scores"][g]] for p in runs}
+        acc = {p: statistics.mean(x["accuracy"] or 0.0 for x in runs[p]["scores"][g]) for p in runs}
+        diff = [b - a for a, b in zip(fd["fp32"], fd["bf16"])]
+        se = statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+        ok = statistics.mean(diff) <= 2 * se if len(diff) > 1 else diff[0] <= 0  # not worse beyond the noise
+        sd = {p: statistics.stdev(v) if len(v) > 1 else float("nan") for p, v in fd.items()}
+        summary[g] = {"fd_mean": {p: statistics.mean(v) for p, v in fd.items()}, "fd_sd": sd,
+                      "diff_mean": statistics.mean(diff), "diff_se": se, "no_worse": ok, "accuracy": acc}
+        m = summary[g]["fd_mean"]
+        lines.append(f"| {g} | {m['fp32']:.3f} ({sd['fp32']:.3f}) | {m['bf16']:.3f} ({sd['bf16']:.3f}) | "
+                     f"{m['bf16'] / m['fp32']:.3f} | {statistics.mean(diff):+.4f} ({se:.4f}) | "
+                     f"{acc['fp32']:.3f} / {acc['bf16']:.3f} | {'yes' if ok else 'NO'} |")
+    lines.append("\n(no worse: the mean paired difference is below two of its standard errors)")
+    results = {p: {k: v for k, v in r.items() if k != "run"} for p, r in runs.items()} | {"floor": floor,
+                                                                                          "summary": summary}
     return "\n".join(lines), results
+
+
+def _run(cmd: list[str], log: str) -> None:
+    print("$ python", " ".join(cmd[1:]), flush=True)
+    with open(log, "w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
 def main() -> None:
@@ -256,8 +297,12 @@ def main() -> None:
                         help="model sizes to time (none: only the peaks and, with --quality, the quality check)")
     parser.add_argument("--no-extras", action="store_true",
                         help="only the three rows of the goals (mmdiff fp32 and bf16, diffusers fp32)")
-    parser.add_argument("--quality", action="store_true", help="also the bf16 vs fp32 digits FD check (~10 min)")
+    parser.add_argument("--quality", action="store_true", help="also the bf16 vs fp32 digits FD check (~12 min)")
     parser.add_argument("--quality-steps", type=int, default=1500)
+    parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0, 1000, 2000, 3000, 4000],
+                        help="sampling seeds of the quality check (the same for fp32 and bf16)")
+    parser.add_argument("--quality-guidance", type=float, nargs="+", default=[1.5, 0.0],
+                        help="guidance scales of the quality check (1.5: the default; 0: unconditional)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench"), help="folder for the JSON and quality runs")
     args = parser.parse_args()
 
@@ -271,8 +316,11 @@ def main() -> None:
     print(header, flush=True)
     start = time.perf_counter()
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    convs = {"fp32": conv_rate(torch.float32), "bf16": conv_rate(torch.bfloat16)}
     print(f"\nmatmul peaks (2048x2048, best of 8): float32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
-          f"bfloat16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x)", flush=True)
+          f"bfloat16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x); 3x3 convolution "
+          f"(128 channels, 16x16, batch 32): float32 {convs['fp32'] / 1e9:.1f}, bfloat16 {convs['bf16'] / 1e9:.1f} "
+          f"GFLOP/s", flush=True)
 
     lines = ["| size | model | params | ms/step median (best) | images/s | GFLOP/step | achieved GFLOP/s | "
              "of matmul peak | images/s vs diffusers fp32 |", "|---|---|---|---|---|---|---|---|---|"]
@@ -304,13 +352,15 @@ def main() -> None:
               f"mmdiff bf16 / diffusers fp32 = {bf16:.2f}x (goal >= 1.5: {'met' if bf16 >= 1.5 else 'NOT met'})")
     print(f"\nthroughput part: {time.perf_counter() - start:.0f} s")
 
-    record = {"header": header, "peaks_gflops": {k: v / 1e9 for k, v in peaks.items()}}
+    record = {"header": header, "peaks_gflops": {k: v / 1e9 for k, v in peaks.items()},
+              "conv3x3_gflops": {k: v / 1e9 for k, v in convs.items()}}
     if args.sizes:
         (args.out / "compare_throughput.json").write_text(json.dumps(record | {"rows": results, "goals": goals},
                                                                      indent=2) + "\n")
     if args.quality:
-        print(f"\nbf16 quality: the default digits config, {args.quality_steps} steps each, FD of 900 samples", flush=True)
-        text, q = quality(args.quality_steps, args.out, args.threads)
+        print(f"\nbf16 quality: the default digits config, {args.quality_steps} steps each, FD of 900 samples "
+              f"per seed and guidance", flush=True)
+        text, q = quality(args.quality_steps, args.out, args.threads, args.quality_seeds, args.quality_guidance)
         print(text)
         (args.out / "compare_quality.json").write_text(json.dumps(record | {"quality": q}, indent=2) + "\n")
 

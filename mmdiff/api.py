@@ -137,16 +137,18 @@ class Model:
     @torch.no_grad()
     def sample(self, n: int = 16, labels: Any = None, sampler: str = "dpmpp_2m", steps: int = 20,
                guidance: float = 1.5, seed: int = 0, batch_size: int = 256, callback=None,
-               schedule: str = "karras", **sampler_options) -> torch.Tensor:
+               schedule: str = "karras", noise: torch.Tensor | None = None, **sampler_options) -> torch.Tensor:
         """n samples in model space [n, *shape]; sample i draws its noise from seed + i.
-        ``schedule``: a step schedule's name, or "fitted" (see :meth:`fit_schedule`)."""
+        ``schedule``: a step schedule's name, or "fitted" (see :meth:`fit_schedule`).
+        ``noise``: your own starting noise [n, *shape] at unit variance (e.g. to compare samplers or
+        checkpoints from the same draws); the seed then only drives stochastic samplers' noise."""
         from .sample import generate
         y = labels if isinstance(labels, torch.Tensor) or labels is None and not self.class_names else \
             self.labels(labels, n)
         return generate(self.denoiser, shape=self.shape, labels=y, n=n, sampler=sampler,
                         sigmas=self.sigmas(steps, schedule, sampler),
                         guidance=guidance, null_label=self.null_label, seed=seed, batch_size=batch_size,
-                        sampler_options=sampler_options, device=self.device, callback=callback)
+                        sampler_options=sampler_options, device=self.device, callback=callback, noise=noise)
 
     def encode(self, data: torch.Tensor) -> torch.Tensor:
         """Data (images in [0, 1], waveforms in [-1, 1]) -> model space."""

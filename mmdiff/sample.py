@@ -57,14 +57,21 @@ def initial_noise(shape, gens, sigma_max: float, device) -> torch.Tensor:
 def generate(denoiser, *, shape: list[int], labels: torch.Tensor | None, n: int, sampler: str, sigmas: torch.Tensor,
              guidance: float = 1.0, null_label: int | None = None, seed: int = 0, batch_size: int = 256,
              sampler_options: dict | None = None, device: torch.device | str = "cpu", rescale: float = 0.0,
-             interval=None, threshold: float | None = None, callback=None) -> torch.Tensor:
-    """n samples [n, *shape] in model space (sample i's noise from a generator seeded with seed + i)."""
+             interval=None, threshold: float | None = None, callback=None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+    """n samples [n, *shape] in model space (sample i's noise from a generator seeded with seed + i).
+
+    ``noise``: the starting noise [n, *shape] at unit variance instead (it is scaled to the first noise
+    level here); stochastic samplers still draw their per-step noise from the seeded generators."""
     device = torch.device(device)
+    if noise is not None and tuple(noise.shape) != (n, *shape):
+        raise UserError(f"noise has shape {list(noise.shape)}; this model samples [n, *shape] = {[n, *shape]}")
 
     def run(part, gens):
         y = None if labels is None else labels[part].to(device)
         model = guided(denoiser, y, null_label, guidance, rescale, interval, threshold)
-        x = initial_noise(shape, gens, sigmas[0], device)
+        x = initial_noise(shape, gens, sigmas[0], device) if noise is None else \
+            noise[part].to(device, torch.float32) * float(sigmas[0])
         return SAMPLERS[sampler](model, x, sigmas, generator=gens, callback=callback, **(sampler_options or {}))
 
     return batched(n, batch_size, seed, run)

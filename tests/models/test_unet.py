@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from mmdiff.models.layers import Attention
+from mmdiff.models.layers import CPU_BF16_MATMUL_TOKENS, Attention, attention
 from mmdiff.models.unet import UNet
 
 # Small enough that every test runs in well under a second on 2 CPU cores.
@@ -136,6 +137,48 @@ def test_attention_matches_a_naive_float64_reference(spatial):
     expected = x + (attn.proj.weight @ out + attn.proj.bias[:, None]).reshape(x.shape)
 
     torch.testing.assert_close(attn(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("tokens", [64, CPU_BF16_MATMUL_TOKENS, 2 * CPU_BF16_MATMUL_TOKENS])
+def test_bf16_cpu_attention_stays_near_sdpa_accuracy(tokens):
+    """In bf16 on the CPU, attention() takes plain bf16 matmuls up to CPU_BF16_MATMUL_TOKENS tokens (faster
+    there than torch's fused kernel) and SDPA beyond. The plain path rounds the scores to bf16 where SDPA
+    keeps them in fp32, so it may be up to ~2x further from a float64 computation (measured 1.3-1.9x),
+    but no more, and within two steps of bf16's resolution (2^-7)."""
+    torch.manual_seed(0)
+    q64, k64, v64 = (torch.randn(2, 3, tokens, 16, dtype=torch.float64) * 1.5 for _ in range(3))
+    grad = torch.randn(2, 3, tokens, 16, dtype=torch.float64)
+
+    def run(fn, dtype):
+        q, k, v = (t.to(dtype, copy=True).requires_grad_() for t in (q64, k64, v64))
+        out = fn(q, k, v)
+        out.backward(grad.to(dtype))
+        return [t.double() for t in (out, q.grad, k.grad, v.grad)]
+
+    exact = run(F.scaled_dot_product_attention, torch.float64)
+    ours = run(attention, torch.bfloat16)
+    sdpa = run(F.scaled_dot_product_attention, torch.bfloat16)
+    for name, e, a, b in zip(("out", "dq", "dk", "dv"), exact, ours, sdpa):
+        err_ours, err_sdpa = (a - e).norm() / e.norm(), (b - e).norm() / e.norm()
+        assert err_ours < 2.2 * err_sdpa, f"{name}: {err_ours:.2e} vs SDPA bf16 {err_sdpa:.2e}"
+        assert err_ours < 2 * 2**-7, f"{name}: {err_ours:.2e}"
+        if tokens > CPU_BF16_MATMUL_TOKENS:
+            assert torch.equal(a, b), name
+    # float32 and float64 inputs go through SDPA unchanged
+    q, k, v = (t.float() for t in (q64, k64, v64))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_attention_block_under_cpu_autocast_matches_float32():
+    torch.manual_seed(0)
+    attn = Attention(64, head_channels=32, groups=8)
+    with torch.no_grad():
+        attn.proj.weight.normal_(0, 0.1)                              # not the zero init: test the attention
+    x = torch.randn(4, 64, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attn(x)
+    high = attn(x)
+    assert ((low.float() - high).norm() / (high - x).norm()) < 2e-2
 
 
 def test_heads_follow_head_channels():
