@@ -86,8 +86,7 @@ class Model:
                **schedule_options) -> torch.Tensor:
         """The noise levels of a sampling schedule over this model's range, ending in 0 (schedule="fitted":
         the one fitted for ``sampler`` and ``steps``, see :meth:`fit_schedule`)."""
-        options = schedule_options or ({"rho": 7.0} if schedule == "karras" else {})
-        return build_sigmas({"name": sampler, "schedule": schedule, "schedule_options": options}, steps,
+        return build_sigmas({"name": sampler, "schedule": schedule, "schedule_options": schedule_options}, steps,
                             self.config["diffusion"], self.schedules)
 
     def fit_schedule(self, sampler: str = "dpmpp_2m", steps: int = 10, *, n: int = 256, held_out: int = 256,

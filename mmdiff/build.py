@@ -9,6 +9,7 @@ a modality adapter, a denoiser and a sampling plan, and rejects combinations tha
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any
 
@@ -193,8 +194,19 @@ def build_sigmas(sampler_cfg: DictConfig | dict, steps: int, diffusion_cfg: Dict
         return get_sigmas(sampler_cfg["schedule"], int(steps), float(diffusion_cfg["sigma_min"]),
                           float(diffusion_cfg["sigma_max"]), **options)
     except (TypeError, ValueError) as e:
+        hint = ""
+        if isinstance(e, TypeError) and options:
+            hint = (f"; the {sampler_cfg['schedule']} schedule takes "
+                    f"{_parameters(sampler_cfg['schedule']) or 'no options'}: drop the others with "
+                    + " ".join(f"~sampler.schedule_options.{k}" for k in options))
         raise UserError(f"bad sampling schedule (sampler.schedule={sampler_cfg['schedule']}, "
-                        f"sampler.schedule_options={options}, steps={steps}): {e}") from None
+                        f"sampler.schedule_options={options}, steps={steps}): {e}{hint}") from None
+
+
+def _parameters(schedule: str) -> str:
+    """The keyword options of a named schedule, e.g. "rho" for karras ("" if none or unknown)."""
+    fn = SCHEDULES.get(schedule)
+    return ", ".join(list(inspect.signature(fn).parameters)[3:]) if fn else ""
 
 
 def resolve_labels(value: Any, n: int, class_names: list[str]) -> torch.Tensor | None:

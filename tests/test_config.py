@@ -53,6 +53,24 @@ def test_every_sampler_option_names_a_registered_sampler(option):
     assert cfg.sampler.name in SAMPLERS
 
 
+@pytest.mark.parametrize("schedule", ["karras", "uniform_time", "log_uniform", "vp_linear", "cosine"])
+def test_every_schedule_is_one_override_away(schedule):
+    cfg = compose_config([f"sampler.schedule={schedule}"])
+    sigmas = build_sigmas(cfg.sampler, 6, cfg.diffusion)
+    assert len(sigmas) == 7 and sigmas[-1] == 0 and (sigmas[:-1].diff() < 0).all()
+
+
+def test_schedule_options_are_added_with_plus_and_a_wrong_one_names_the_fix():
+    from mmdiff.core.schedules import karras
+    cfg = compose_config(["+sampler.schedule_options.rho=3"])
+    d = cfg.diffusion
+    assert build_sigmas(cfg.sampler, 5, d).tolist() == karras(5, d.sigma_min, d.sigma_max, rho=3.0).tolist()
+    cfg = compose_config(["sampler.schedule=log_uniform", "+sampler.schedule_options.rho=3"])
+    with pytest.raises(UserError, match=r"log_uniform schedule takes no options: drop the others with "
+                                        r"~sampler.schedule_options.rho"):
+        build_sigmas(cfg.sampler, 5, cfg.diffusion)
+
+
 def test_every_registered_sampler_has_a_config():
     assert set(SAMPLERS) <= set(options("sampler"))
 
