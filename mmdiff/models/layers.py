@@ -132,20 +132,26 @@ class ResBlock(nn.Module):
 # benchmarks/compare_throughput.py 240 vs 291 ms. From 512 tokens on the fused kernel wins, and it does
 # not store the N x N weights. Set it to 0 to use the fused kernel everywhere.
 CPU_BF16_MATMUL_TOKENS = 256
+# The plain path keeps the [..., N, N] weights for the backward pass; above this many elements per call
+# (64 MB in bf16: batch 256 with 2 heads at 256 tokens) the fused kernel, which does not, is used instead.
+CPU_BF16_MATMUL_ELEMENTS = 2**25
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q, k, v of shape [..., N, d].
 
     Everywhere but bf16 on the CPU this is ``F.scaled_dot_product_attention``. There (a bf16 model or
-    ``torch.autocast("cpu", torch.bfloat16)``), up to :data:`CPU_BF16_MATMUL_TOKENS` tokens, it is the
-    textbook formula on bf16 matmuls (fp32 accumulation), the softmax computed in fp32 internally. It
-    rounds the scores q k^T to bf16 where the fused kernel keeps them in fp32, as half-precision
-    attention without a fused kernel does (diffusers' AttnProcessor, ADM's QKVAttention): outputs and
-    gradients land 1.3-1.9x further from a float64 computation than the fused kernel's (relative
-    error ~1e-2 against ~5e-3, where bf16 itself resolves 2^-7 = 7.8e-3; tests/models/test_unet.py).
+    ``torch.autocast("cpu", torch.bfloat16)``), up to :data:`CPU_BF16_MATMUL_TOKENS` tokens and
+    :data:`CPU_BF16_MATMUL_ELEMENTS` attention weights per call, it is the textbook formula on bf16
+    matmuls (fp32 accumulation), the softmax computed in fp32 internally. It rounds the scores q k^T
+    to bf16 where the fused kernel keeps them in fp32, as half-precision attention without a fused
+    kernel does (diffusers' AttnProcessor, ADM's QKVAttention): outputs and gradients land 1.3-1.9x
+    further from a float64 computation than the fused kernel's (relative error ~1e-2 against ~5e-3,
+    where bf16 itself resolves 2^-7 = 7.8e-3; tests/models/test_unet.py).
     """
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[-2] <= CPU_BF16_MATMUL_TOKENS:
+    n = q.shape[-2]
+    if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and n <= CPU_BF16_MATMUL_TOKENS
+            and q.shape[:-2].numel() * n * n <= CPU_BF16_MATMUL_ELEMENTS):
         w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)                # [..., N, N]
         return w.softmax(-1).to(v.dtype) @ v
     return F.scaled_dot_product_attention(q, k, v)

@@ -169,6 +169,18 @@ def test_bf16_cpu_attention_stays_near_sdpa_accuracy(tokens):
     assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
 
 
+def test_bf16_cpu_attention_leaves_large_weight_matrices_to_the_fused_kernel(monkeypatch):
+    import mmdiff.models.layers as layers
+    q, k, v = (torch.randn(4, 2, 64, 16).bfloat16() for _ in range(3))
+    sdpa = F.scaled_dot_product_attention(q, k, v)
+    assert not torch.equal(attention(q, k, v), sdpa)                    # 4 * 2 * 64^2 weights: plain path
+    monkeypatch.setattr(layers, "CPU_BF16_MATMUL_ELEMENTS", 4 * 2 * 64 * 64 - 1)
+    assert torch.equal(attention(q, k, v), sdpa)
+    monkeypatch.setattr(layers, "CPU_BF16_MATMUL_ELEMENTS", 2**25)
+    monkeypatch.setattr(layers, "CPU_BF16_MATMUL_TOKENS", 0)
+    assert torch.equal(attention(q, k, v), sdpa)
+
+
 def test_attention_block_under_cpu_autocast_matches_float32():
     torch.manual_seed(0)
     attn = Attention(64, head_channels=32, groups=8)
