@@ -128,9 +128,10 @@ class Runner:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
 
-    def forward_backward(self) -> torch.Tensor:
+    def forward_backward(self, autocast=None) -> torch.Tensor:
+        """Forward, loss and backward, under this runner's precision unless ``autocast`` is given."""
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model, self.x0, self.gen, self.autocast)
+        loss = self.loss_fn(self.model, self.x0, self.gen, autocast or self.autocast)
         loss.backward()
         return loss
 
@@ -201,9 +202,7 @@ def measure(runners: list[Runner], warmup: int, steps: int) -> None:
             if r >= warmup:
                 runner.times.append(t)
     for runner in runners:  # the model's FLOPs, counted in fp32: a bf16 row does the same arithmetic
-        autocast, runner.autocast = runner.autocast, torch.autocast("cpu", enabled=False)
-        runner.flops = count_flops(runner.forward_backward)
-        runner.autocast = autocast
+        runner.flops = count_flops(lambda: runner.forward_backward(torch.autocast("cpu", enabled=False)))
 
 
 def table(size_name: str, runners: list[Runner], batch: int, peaks: dict) -> tuple[str, list[dict]]:

@@ -181,7 +181,8 @@ def build_sigmas(sampler_cfg: DictConfig | dict, steps: int, diffusion_cfg: Dict
                  fitted: dict | None = None) -> torch.Tensor:
     """The decreasing noise levels a sampler visits, ending in 0. ``fitted``: the schedules a checkpoint
     holds (``sampler.schedule=fitted`` picks the one for this sampler and number of steps)."""
-    if sampler_cfg["schedule"] == FITTED:
+    name = sampler_cfg["schedule"]
+    if name == FITTED:
         key = schedule_key(sampler_cfg["name"], steps)
         if key not in (fitted or {}):
             have = ", ".join(sorted(fitted or {})) or "none"
@@ -190,23 +191,19 @@ def build_sigmas(sampler_cfg: DictConfig | dict, steps: int, diffusion_cfg: Dict
                             f"sampler={sampler_cfg['name']} steps={int(steps)}`, or use another sampler.schedule")
         return torch.tensor(fitted[key]["sigmas"], dtype=torch.float64)
     options = dict(sampler_cfg.get("schedule_options") or {})
+    if name in SCHEDULES:  # options another schedule takes (karras's rho) must not reach this one
+        takes = list(inspect.signature(SCHEDULES[name]).parameters)[3:]  # after n, sigma_min, sigma_max
+        unknown = [k for k in options if k not in takes]
+        if unknown:
+            raise UserError(f"bad sampling schedule (sampler.schedule={name}, sampler.schedule_options={options}): "
+                            f"the {name} schedule takes {', '.join(takes) or 'no options'}: drop the others with "
+                            + " ".join(f"~sampler.schedule_options.{k}" for k in unknown))
     try:
-        return get_sigmas(sampler_cfg["schedule"], int(steps), float(diffusion_cfg["sigma_min"]),
+        return get_sigmas(name, int(steps), float(diffusion_cfg["sigma_min"]),
                           float(diffusion_cfg["sigma_max"]), **options)
     except (TypeError, ValueError) as e:
-        hint = ""
-        if isinstance(e, TypeError) and options:
-            hint = (f"; the {sampler_cfg['schedule']} schedule takes "
-                    f"{_parameters(sampler_cfg['schedule']) or 'no options'}: drop the others with "
-                    + " ".join(f"~sampler.schedule_options.{k}" for k in options))
-        raise UserError(f"bad sampling schedule (sampler.schedule={sampler_cfg['schedule']}, "
-                        f"sampler.schedule_options={options}, steps={steps}): {e}{hint}") from None
-
-
-def _parameters(schedule: str) -> str:
-    """The keyword options of a named schedule, e.g. "rho" for karras ("" if none or unknown)."""
-    fn = SCHEDULES.get(schedule)
-    return ", ".join(list(inspect.signature(fn).parameters)[3:]) if fn else ""
+        raise UserError(f"bad sampling schedule (sampler.schedule={name}, "
+                        f"sampler.schedule_options={options}, steps={steps}): {e}") from None
 
 
 def resolve_labels(value: Any, n: int, class_names: list[str]) -> torch.Tensor | None:
