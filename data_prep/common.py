@@ -22,6 +22,8 @@ from urllib.request import url2pathname
 
 from tqdm import tqdm
 
+from mmdiff.atomic import atomic_path
+
 SHOW_FIRST = 5  # how many problems an error message names
 USER_AGENT = "mmdiff-data-prep"
 PART = ".part"  # suffix of a download in progress (what a later run resumes)
@@ -136,9 +138,9 @@ def check_digest(path: Path, expected: str | None, algorithm: str = "sha256", re
 
 def copy_atomic(src: Path, dest: Path) -> Path:
     """Copy ``src`` to ``dest`` through a temporary name beside it, so ``dest`` is never half-written."""
-    tmp = dest.with_name(dest.name + ".copying")
-    shutil.copyfile(src, tmp)
-    return tmp.replace(dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return dest
 
 
 def obtain(source: str, dest: Path, *, algorithm: str = "sha256", digest: str | None = None,

@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a file (python data_prep/scan.py): make 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.common import count_table, table  # noqa: E402
+from mmdiff.atomic import atomic_open  # noqa: E402
 from mmdiff.data.audio import AUDIO_EXTENSIONS, _load_clip, _read_mono  # noqa: E402
 from mmdiff.data.images import IMAGE_EXTENSIONS  # noqa: E402
 from mmdiff.data.manifest import MANIFEST_NAME, write_manifest  # noqa: E402
@@ -190,14 +191,13 @@ def write_spectrograms(folder: Path, rows: list[dict], class_names: list[str], o
         with torch.no_grad():
             log_mel = torch.log(representation.mel(waves) + representation.eps)
         path = out / f"shard_{start // shard_size:05d}.npz"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, log_mel=log_mel.numpy().astype(np.float16),
                      labels=np.array([index[r["class"]] for r in chunk], np.int64),
                      paths=np.array([r["path"] for r in chunk]), class_names=np.array(class_names),
                      sample_rate=np.int64(sample_rate), seconds=np.float64(seconds), n_fft=np.int64(n_fft),
                      hop_length=np.int64(hop_length), n_mels=np.int64(n_mels), eps=np.float64(representation.eps))
-        shards.append(tmp.replace(path))
+        shards.append(path)
     return shards
 
 

@@ -15,16 +15,20 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .core.precond import Precond
 from .core.samplers import SAMPLERS
-from .core.schedules import FITTED, SCHEDULES, get_sigmas
+from .core.schedules import DISCRETE, FITTED, SCHEDULES, get_sigmas, respaced
+from .data.dataset import Dataset
 from .errors import UserError
+from .modalities.base import Modality
 
 MODES = ("train", "sample", "eval", "train_evaluator", "fit_schedule")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}  # memory format by the model's dims
 
 
 def to_container(cfg: DictConfig | dict) -> dict:
@@ -80,15 +84,23 @@ def check_run_config(cfg: DictConfig) -> None:
             _positive(t[key], f"trainer.{key}", integer=False)
         if not 0 <= t.label_dropout < 1:
             raise UserError(f"trainer.label_dropout={t.label_dropout} must be in [0, 1)")
+        if t.precision not in PRECISIONS:
+            raise UserError(f"trainer.precision={t.precision} is unknown: use one of {', '.join(PRECISIONS)}")
+        if t.channels_last and cfg.model.get("dims") not in CHANNELS_LAST:
+            raise UserError(f"trainer.channels_last=true is for 2-D and 3-D models (model.dims={cfg.model.get('dims')}): "
+                            "drop it")
+    if cfg.mode in ("train", "train_evaluator"):
+        check_dataset_modality(cfg)
 
 
 def check_sampling_config(cfg: DictConfig) -> None:
     s = cfg.sampler
     if s.name not in SAMPLERS:
         raise UserError(f"sampler.name={s.name} is unknown: use one of {', '.join(sorted(SAMPLERS))}")
-    if s.schedule not in SCHEDULES and not (s.schedule == FITTED and cfg.mode != "train"):
-        fitted = f" or {FITTED} (sampling from a checkpoint holding a fitted schedule)"
-        raise UserError(f"sampler.schedule={s.schedule} is unknown: use one of {', '.join(sorted(SCHEDULES))}{fitted}")
+    if s.schedule not in SCHEDULES and s.schedule != DISCRETE and not (s.schedule == FITTED and cfg.mode != "train"):
+        others = (f", {DISCRETE} (a DDPM-style model's own discrete levels, respaced) or {FITTED} (sampling from "
+                  "a checkpoint holding a fitted schedule)")
+        raise UserError(f"sampler.schedule={s.schedule} is unknown: use one of {', '.join(sorted(SCHEDULES))}{others}")
     _positive(cfg.steps, "steps")
     _positive(cfg.n, "n")
     _positive(cfg.batch_size, "batch_size")
@@ -105,28 +117,63 @@ def total_downsampling(model_cfg: DictConfig | dict) -> int:
     return total * model_cfg.get("patch_size", 1)
 
 
+def modality_class(modality_cfg: DictConfig | dict) -> type[Modality]:
+    """The class a modality config's ``_target_`` names (imported, not constructed)."""
+    target = modality_cfg.get("_target_") if modality_cfg else None
+    try:
+        cls = get_class(str(target))
+    except Exception as e:  # noqa: BLE001 - Hydra reports import problems with several exception types
+        raise UserError(f"modality._target_={target} cannot be imported ({e}): use modality=image or modality=audio, "
+                        "or the import path of your own Modality subclass") from None
+    if not (isinstance(cls, type) and issubclass(cls, Modality)):
+        raise UserError(f"modality._target_={target} is not a subclass of mmdiff.modalities.base.Modality")
+    return cls
+
+
 def resolve_modality_config(cfg: DictConfig) -> dict:
-    """The modality config with its ``auto`` options filled in from the model: ``representation``
-    (waveform for a 1-D model, ``modality.spectrogram`` otherwise) and ``pad_to`` (the model's total
-    down-sampling, so that the padded data fits the U-Net)."""
-    m = to_container(cfg.modality)
-    if m.get("representation") == "auto":
-        m["representation"] = "waveform" if cfg.model.get("dims") == 1 else m.get("spectrogram", "stft")
-    if m.get("pad_to") == "auto":
-        m["pad_to"] = total_downsampling(cfg.model)
-    return m
+    """The modality config with its ``auto`` options filled in from the model (``Modality.resolve_config``)."""
+    model = to_container(cfg.model)
+    model["total_downsampling"] = total_downsampling(cfg.model)
+    return modality_class(cfg.modality).resolve_config(to_container(cfg.modality), model)
 
 
-def build_modality(modality_cfg: DictConfig | dict):
-    """The modality adapter from its (resolved) config node."""
+def build_modality(modality_cfg: DictConfig | dict) -> Modality:
+    """The modality from its (resolved) config node."""
     return _instantiate(modality_cfg, "modality")
 
 
-def build_dataset(cfg: DictConfig):
-    dataset = _instantiate(cfg.dataset, "dataset")
-    if len(dataset) == 0:
+# Keys of a dataset config that mmdiff reads itself; the others go to the loader named by _target_.
+DATASET_KEYS = ("modality", "streaming")
+
+
+def check_dataset_modality(cfg: DictConfig) -> None:
+    """A dataset config names the modality that reads its data (``dataset.modality``); refuse a mismatch
+    before anything is loaded (Hydra composes modality=audio dataset=digits without complaint)."""
+    wanted = cfg.dataset.get("modality") if cfg.get("dataset") is not None else None
+    have = modality_class(cfg.modality).name
+    if wanted is not None and wanted != have:
+        name = cfg.dataset.get("name") or str(cfg.dataset.get("_target_")).rsplit(".", 1)[-1].removeprefix("load_")
+        article = "an" if have[:1] in "aeiou" else "a"
+        raise UserError(f"dataset {name} holds {wanted} data but modality={have}: use modality={wanted}, or {article} "
+                        f"{have} dataset (dataset=...)")
+
+
+def build_dataset(cfg: DictConfig | dict) -> Dataset:
+    """The dataset of a (run) config, in memory or streamed from a disk cache (mmdiff.data.stream)."""
+    from .data import splits
+    from .data.stream import prepare
+    node = to_container(cfg["dataset"])
+    options = {k: node.pop(k) for k in DATASET_KEYS if k in node}
+    split = node.get("split")
+    if split is not None:  # "test::8000": the loader reads "test", the slice is taken here
+        node["split"] = splits.parse(split)[0]
+    loaded = _instantiate(node, "dataset")
+    if split is not None:
+        loaded = loaded.subset(splits.select(len(loaded), split))
+    if len(loaded) == 0:
         raise UserError("the dataset is empty: check dataset.root and the dataset options")
-    return dataset
+    data_cfg = to_container(cfg["data"]) if cfg.get("data") is not None else {}
+    return prepare(loaded, options.get("streaming", False), **data_cfg)
 
 
 def data_info(x: torch.Tensor, dataset) -> dict:
@@ -191,6 +238,17 @@ def build_sigmas(sampler_cfg: DictConfig | dict, steps: int, diffusion_cfg: Dict
                             f"sampler={sampler_cfg['name']} steps={int(steps)}`, or use another sampler.schedule")
         return torch.tensor(fitted[key]["sigmas"], dtype=torch.float64)
     options = dict(sampler_cfg.get("schedule_options") or {})
+    if name == DISCRETE:
+        levels = getattr(_instantiate(diffusion_cfg["noise"], "diffusion.noise"), "sigmas", None)
+        if levels is None:
+            raise UserError(f"sampler.schedule={DISCRETE} samples a model's discrete training levels, but this "
+                            "diffusion draws continuous ones: use it with diffusion=ddpm or diffusion=v_cosine, or "
+                            "another sampler.schedule")
+        try:
+            return respaced(int(steps), levels, **options)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"bad sampling schedule (sampler.schedule={DISCRETE}, sampler.schedule_options={options}, "
+                            f"steps={steps}): {e}") from None
     if name in SCHEDULES:  # options another schedule takes (karras's rho) must not reach this one
         takes = list(inspect.signature(SCHEDULES[name]).parameters)[3:]  # after n, sigma_min, sigma_max
         unknown = [k for k in options if k not in takes]

@@ -2,14 +2,13 @@
 run's resolved config and data description in its metadata.
 
 - Loading never unpickles: safetensors holds only tensors and strings (a pickle-based file is refused).
-- Writing is atomic: a temporary file in the same folder, flushed to disk, then renamed over the
-  target, so a crash leaves either the old checkpoint or the new one, never half of one.
+- Writing is atomic (mmdiff.atomic): a crash leaves either the old checkpoint or the new one, never half
+  of one, and two writers of one file (training, ``mode=fit_schedule``) never share a temporary file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_path
 from .errors import UserError
 
 FORMAT = "mmdiff-checkpoint"
@@ -64,7 +64,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v for k, v in ckpt.model.items()}
     tensors |= {f"ema/{k}": v for k, v in ckpt.ema.items()}
     tensors |= {f"rng/{k}": v for k, v in ckpt.rng.items()}
@@ -78,16 +77,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         metadata["optimizer"] = json.dumps(opt_meta)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
     return path
 
 

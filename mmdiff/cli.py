@@ -1,7 +1,7 @@
-"""The Hydra entry point: ``python -m mmdiff [mode=train|sample] [group=option ...] [key=value ...]``.
+"""The Hydra entry point: ``python -m mmdiff [mode=train|sample|eval|...] [group=option ...] [key=value ...]``.
 
-Configs come from the repository's ``conf/`` folder when running from a source checkout (or an
-editable install), and from the installed package ``mmdiff.conf`` otherwise.
+It checks the options, then hands the config to the task of its ``mode`` (mmdiff.tasks); a mistake the
+user can fix is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -14,30 +14,26 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .build import check_run_config
+from .config import config_path
 from .errors import UserError
 
 
-def config_path() -> str:
-    source = Path(__file__).resolve().parents[1] / "conf"
-    return str(source) if (source / "config.yaml").is_file() else "pkg://mmdiff.conf"
-
-
 def run(cfg: DictConfig, run_dir: str | Path) -> object:
-    """Run the mode ``cfg`` asks for; ``run_dir`` receives a training run's files."""
+    """Run the mode ``cfg`` asks for; ``run_dir`` receives a training run's files (or eval.json)."""
     check_run_config(cfg)
     if cfg.mode == "train":
-        from .train import train
+        from .tasks.train import train
         return train(cfg, run_dir)
     if cfg.mode == "eval":
-        from .eval.evaluate import evaluate_from_config
+        from .tasks.eval import evaluate_from_config
         return evaluate_from_config(cfg, run_dir)
     if cfg.mode == "train_evaluator":
-        from .eval.evaluate import train_evaluator_from_config
+        from .tasks.eval import train_evaluator_from_config
         return train_evaluator_from_config(cfg)
     if cfg.mode == "fit_schedule":
-        from .sample import fit_schedule_from_config
+        from .tasks.fit_schedule import fit_schedule_from_config
         return fit_schedule_from_config(cfg)
-    from .sample import sample_from_checkpoint
+    from .tasks.sample import sample_from_checkpoint
     return sample_from_checkpoint(cfg)
 
 

@@ -21,6 +21,17 @@ TINY = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where CUDA is present."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Evaluators trained by any test are cached in a temporary folder, never in ~/.cache."""

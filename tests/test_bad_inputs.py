@@ -104,11 +104,11 @@ def load_all(tmp_path, corpus, load):
 
 
 def load_images(root):
-    return load_image_folder(root, size=16, channels=3)
+    return load_image_folder(root, size=16, channels=3).load()
 
 
 def load_audio(root):
-    return load_audio_folder(root, sample_rate=16000, seconds=0.5, crop="start")
+    return load_audio_folder(root, sample_rate=16000, seconds=0.5, crop="start").load()
 
 
 def test_image_corpus(tmp_path):

@@ -8,6 +8,7 @@ import zipfile
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mmdiff.build import build_sigmas, check_run_config, resolve_model_config
 from mmdiff.core.samplers import SAMPLERS
@@ -31,10 +32,24 @@ def test_every_option_composes(group, option):
     overrides = [f"{group}={option}"]
     if group == "experiment":
         overrides = [f"+experiment={option}"]
-    if option == "image_folder":
+    if option.endswith("_folder"):
         overrides.append("dataset.root=somewhere")
+    if group == "dataset":  # a dataset composes with the modality that reads it
+        overrides.append(f"modality={OmegaConf.load(CONF / 'dataset' / f'{option}.yaml').modality}")
     cfg = compose_config(overrides)
     check_run_config(cfg)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["modality=audio", "dataset=digits"], "dataset digits holds image data but modality=audio: use modality=image, "
+                                           "or an audio dataset"),
+    (["dataset=notes"], "dataset notes holds audio data but modality=image: use modality=audio"),
+    (["modality=audio", "model=unet1d", "trainer.channels_last=true"], "channels_last=true is for 2-D and 3-D models"),
+    (["trainer.precision=fp8"], "trainer.precision=fp8 is unknown"),
+])
+def test_cross_group_mistakes_are_one_error_before_any_work(overrides, message):
+    with pytest.raises(UserError, match=message):
+        check_run_config(compose_config(overrides))
 
 
 @pytest.mark.parametrize("option", options("diffusion"))
@@ -111,6 +126,7 @@ def test_model_auto_options_come_from_the_data_and_mismatches_are_refused():
         resolve_model_config(cfg.model, {"shape": [1, 64], "class_names": []})
 
 
+@pytest.mark.slow
 def test_the_installed_package_carries_its_configs(tmp_path):
     """A wheel ships conf/ as mmdiff.conf; from an install (not a checkout) the CLI finds it via pkg://."""
     pytest.importorskip("setuptools")
@@ -119,12 +135,12 @@ def test_the_installed_package_carries_its_configs(tmp_path):
     wheel = next((tmp_path / "dist").glob("mmdiff-*.whl"))
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    assert (site / "mmdiff" / "conf" / "config.yaml").is_file()
-    assert (site / "mmdiff" / "conf" / "sampler" / "heun.yaml").is_file()
+    for config in CONF.rglob("*.yaml"):  # every config, however deep (hydra/launcher/slurm.yaml too)
+        assert (site / "mmdiff" / "conf" / config.relative_to(CONF)).is_file(), config
     for package in (ROOT / "mmdiff").rglob("__init__.py"):  # no subpackage left out of the wheel
         assert (site / package.relative_to(ROOT)).is_file(), package
     code = (
-        "import mmdiff, mmdiff.cli as c; from hydra import compose, initialize_config_module\n"
+        "import mmdiff, mmdiff.config as c; from hydra import compose, initialize_config_module\n"
         "assert mmdiff.__file__.startswith(%r), mmdiff.__file__\n"
         "assert c.config_path() == 'pkg://mmdiff.conf', c.config_path()\n"
         "with initialize_config_module('mmdiff.conf', version_base='1.3'):\n"

@@ -4,10 +4,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mmdiff import train as train_module
+from mmdiff.tasks import train as train_module
 from mmdiff.checkpoint import load_checkpoint
 from mmdiff.errors import UserError
-from mmdiff.train import Batches, train
+from mmdiff.data.order import Batches
+from mmdiff.tasks.train import train
 
 from .conftest import SHARED_DATA
 
@@ -69,10 +70,18 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_cfg, tmp_path, mon
         return loss * float("nan") if calls["n"] > 2 else loss
 
     monkeypatch.setattr(train_module, "denoising_loss", sometimes_nan)
-    with pytest.raises(UserError, match="diverged: 3 steps in a row"):
+    # steps 3, 4, ... are bad; the count is read at log steps (every 2): 4 in a row at step 6
+    with pytest.raises(UserError, match="diverged: 4 steps in a row"):
         train(tiny_cfg("trainer.max_nonfinite=3", "trainer.checkpoint_every=1"), tmp_path)
-    ckpt = load_checkpoint(tmp_path / "last.safetensors")  # the last good one, finite
-    assert ckpt.step == 2 and all(torch.isfinite(v).all() for v in ckpt.model.values())
+    ckpt = load_checkpoint(tmp_path / "last.safetensors")
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [(int(r["step"]), int(r["skipped"])) for r in rows] == [(2, 0), (4, 2)]
+    # the bad steps were skipped on the device: the weights are still those after step 2
+    monkeypatch.setattr(train_module, "denoising_loss", real)
+    good = load_checkpoint(train(tiny_cfg("trainer.max_steps=2"), tmp_path / "good"))
+    assert ckpt.step == 5
+    for k, v in good.model.items():
+        assert torch.equal(ckpt.model[k], v), k
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_the_step():
@@ -99,6 +108,7 @@ def test_trains_on_a_folder_of_rgb_images(tiny_cfg, tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="../shared/data/mnist is absent")
 def test_trains_on_the_real_mnist_files(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("dataset=mnist", f"dataset.root={SHARED_DATA / 'mnist'}", "trainer.max_steps=1")
+    cfg = tiny_cfg("dataset=mnist", f"dataset.root={SHARED_DATA / 'mnist'}", "dataset.split=test::8000",
+                   "trainer.max_steps=1")
     ckpt = load_checkpoint(train(cfg, tmp_path))
     assert ckpt.data["shape"] == [1, 28, 28] and ckpt.data["dataset"] == "mnist"

@@ -50,10 +50,13 @@ class Precond(nn.Module):
 class EDMPrecond(Precond):
     """EDM preconditioning (Karras et al. 2022, Eq. 7 and Table 1)."""
 
+    # The sign of c_out: +1 for EDM, -1 for v-prediction (VPrecond), the only difference between them.
+    c_out_sign = 1.0
+
     def scalings(self, sigma):
         sd2 = self.sigma_data**2
         c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_out = self.c_out_sign * sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
         c_in = 1 / (sigma**2 + sd2).sqrt()
         return c_skip, c_out, c_in
 
@@ -76,16 +79,16 @@ class X0Precond(Precond):
         return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma**2 + self.sigma_data**2).sqrt()
 
 
-class VPrecond(Precond):
+class VPrecond(EDMPrecond):
     """Velocity prediction (Salimans & Ho 2022): with sigma_data = 1 the target is
-    v = alpha * noise - s * x0 of the VP process x_t = alpha x0 + s noise."""
+    v = alpha * noise - s * x0 of the VP process x_t = alpha x0 + s noise.
 
-    def scalings(self, sigma):
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = -sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
-        c_in = 1 / (sigma**2 + sd2).sqrt()
-        return c_skip, c_out, c_in
+    It is EDM's preconditioning with c_out negated, so its target is EDM's negated: for
+    x = x0 + sigma n, EDM's F_target = (x0 - c_skip x) / c_out (EDM Eq. 8) is s x0 / sigma_data - alpha n
+    with alpha = sigma_data / sqrt(sigma^2 + sigma_data^2), s = sigma / sqrt(sigma^2 + sigma_data^2),
+    which is -v when sigma_data = 1."""
+
+    c_out_sign = -1.0
 
 
 PRECONDS = {"edm": EDMPrecond, "eps": EpsPrecond, "x0": X0Precond, "v": VPrecond}

@@ -129,11 +129,43 @@ def cosine(n: int, sigma_min: float, sigma_max: float, s: float = 0.008) -> torc
     return append_zero(cosine_sigma(torch.linspace(t_max, t_min, n, dtype=torch.float64), s))
 
 
+def respaced(n: int, levels: torch.Tensor, spacing: str = "trailing") -> torch.Tensor:
+    """n of the T discrete training levels of a VP process (``DiscreteVPSigma.sigmas``, increasing), as
+    DDPM/DDIM sampling visits them, decreasing, then 0: n + 1 float64 sigmas.
+
+    Uniform respacing of the timesteps (Song et al. 2021a, Sec. 4.2; diffusers' ``timestep_spacing``):
+    - ``"trailing"`` (the default): t_i = round(T (n - i) / n) - 1, i = 0..n-1, so it starts at the top
+      level t = T - 1 (sigma_max) and ends at round(T / n) - 1. Starting at sigma_max is what the model
+      was trained to denoise from (Lin et al. 2024, "Common diffusion noise schedules and sample steps
+      are flawed", Sec. 3.3); with n = T it visits every level.
+    - ``"leading"``: t_i = (n - 1 - i) floor(T / n), diffusers' "leading" with steps_offset 0 (where n
+      divides T, the original DDIM code's ``range(0, T, T // n)`` reversed): it ends at t = 0 (sigma_min)
+      but skips the top levels, starting at (n - 1) floor(T / n) < T - 1 unless n = T.
+    Ties in the rounding go to the even integer (numpy's and torch's round).
+    """
+    T = len(levels)
+    if not 1 <= n <= T:
+        raise ValueError(f"a respaced schedule visits 1 to T = {T} of the training levels, got steps={n}: "
+                         f"choose steps between 1 and {T}")
+    k = torch.arange(n, 0, -1, dtype=torch.float64)  # n - i for i = 0..n-1
+    if spacing == "trailing":
+        t = torch.round(k * T / n).long() - 1
+    elif spacing == "leading":
+        t = (k.long() - 1) * (T // n)
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose 'trailing' or 'leading'")
+    return append_zero(levels.to(torch.float64)[t.to(levels.device)])
+
+
 SCHEDULES = {"karras": karras, "log_uniform": log_uniform, "uniform_time": uniform_time, "vp_linear": vp_linear,
              "cosine": cosine}
+# respaced(n, levels) is not in SCHEDULES: it takes the diffusion's discrete levels, not (sigma_min, sigma_max).
 # A schedule fitted to a trained model (mmdiff.core.schedule_fit) is data, not a formula: it is stored
 # in the checkpoint and chosen with sampler.schedule=fitted (mmdiff.build.build_sigmas).
 FITTED = "fitted"
+# The discrete levels a DDPM-style model was trained on, respaced (:func:`respaced`): they come from the
+# diffusion's training noise (DiscreteVPSigma), so the build step passes them (sampler.schedule=discrete).
+DISCRETE = "discrete"
 
 
 def get_sigmas(name: str, n: int, sigma_min: float, sigma_max: float, **params) -> torch.Tensor:

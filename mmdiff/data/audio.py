@@ -10,6 +10,7 @@ import math
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from functools import partial
 from numbers import Integral, Real
@@ -24,6 +25,8 @@ import torchaudio.functional as AF
 from ..errors import UserError
 from .dataset import Dataset
 from .scan import load_files, scan_folder
+from .splits import split_items
+from .stream import Files
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 CROPS = ("random", "center", "start")
@@ -285,20 +288,31 @@ def read_audio(path: str | Path, sample_rate: int, length: int, normalize: str =
                         "file with sound in it") from None
 
 
+def _folder_clip(path: Path, sample_rate: int, length: int, crop: str, seed: int, normalize: str) -> torch.Tensor:
+    """One file of an audio folder -> [1, length]; a random crop is drawn from (seed, file name), so it does not
+    depend on which files come before it (or on the worker that decodes it)."""
+    rng = np.random.default_rng([seed, zlib.crc32(path.name.encode())])
+    return _load_clip(path, sample_rate, length, crop, rng, normalize)
+
+
 def load_audio_folder(root: str, sample_rate: int = 16000, seconds: float = 1.0, normalize: str = "peak",
-                      crop: str = "random", seed: int = 0) -> Dataset:
+                      crop: str = "random", seed: int = 0, split: str = "all") -> Files:
     """Audio files from ``root``: one sub-folder per class (class names sorted), or the files directly
     in ``root`` for one class named after it. WAV, FLAC or OGG (anything soundfile reads under those
     names), mixed down to mono (the channels' average), cut to ``seconds`` at the source rate (crop:
-    "random", drawn from numpy's Generator(seed) in file order; "center"; or "start"), zero-padded at the
-    end if shorter, resampled to ``sample_rate``, and normalised per clip. Files that are unreadable,
-    empty, silent or hold NaN/infinity are skipped with one warning that counts them."""
+    "random", drawn from numpy's Generator([seed, crc32(file name)]); "center"; or "start"), zero-padded at
+    the end if shorter, resampled to ``sample_rate``, and normalised per clip. ``split``: "all", or
+    "train"/"test" (every 5th file of each class in scan order is "test"). Nothing is decoded here:
+    mmdiff.data.stream.prepare does it, skipping files that are unreadable, empty, silent or hold
+    NaN/infinity with one warning that counts them."""
     _check_choice(normalize, "normalize", NORMALIZATIONS)
     _check_choice(crop, "crop", CROPS)
     sample_rate = _check_rate(sample_rate)
     length = _num_samples(seconds, sample_rate)
     items, class_names = scan_folder(root, AUDIO_EXTENSIONS, "audio")
-    load_one = partial(_load_clip, sample_rate=sample_rate, length=length, crop=crop,
-                       rng=np.random.default_rng(seed), normalize=normalize)
-    clips, classes, _ = load_files(items, load_one, "audio")
-    return Dataset(torch.stack(clips), torch.tensor(classes, dtype=torch.int64), class_names, "audio_folder")
+    items = split_items(items, split)
+    load_one = partial(_folder_clip, sample_rate=sample_rate, length=length, crop=crop, seed=seed,
+                       normalize=normalize)
+    return Files(items, load_one, class_names, "audio_folder", "audio", root=Path(root).expanduser(),
+                 options={"sample_rate": sample_rate, "length": length, "crop": crop, "seed": seed,
+                          "normalize": normalize})

@@ -1,27 +1,31 @@
-"""The in-memory dataset every loader returns, whatever the modality."""
+"""The dataset every loader returns, whatever the modality: in memory, or memory-mapped from a disk cache."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 
 @dataclass
 class Dataset:
-    """A whole labelled dataset held in memory.
+    """A whole labelled dataset (in memory, or memory-mapped: see ``cache``).
 
     data:        [N, C, *spatial] float32, in the modality's natural range (images: [0, 1]).
     labels:      [N] int64, each in [0, len(class_names)).
     class_names: the name of class i at index i.
     name:        what it is, e.g. "digits", "mnist", "image_folder".
+    cache:       the file ``data`` is memory-mapped from when the dataset is streamed (mmdiff.data.stream),
+                 else None.
     """
 
     data: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     name: str
+    cache: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.data.ndim < 2:

@@ -20,7 +20,9 @@ from PIL import Image, ImageOps
 
 from ..errors import UserError
 from .dataset import Dataset
-from .scan import load_files, scan_folder
+from .scan import scan_folder
+from .splits import every_kth, split_items
+from .stream import Files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DIGIT_NAMES = [str(d) for d in range(10)]
@@ -41,16 +43,18 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 # --- scikit-learn digits -------------------------------------------------------------------------
 
-def load_digits(size: int = 8) -> Dataset:
+def load_digits(size: int = 8, split: str = "train") -> Dataset:
     """scikit-learn's handwritten digits: 1,797 real 8x8 grayscale images (values 0..16),
-    classes "0".."9", shipped inside scikit-learn (no download). ``size`` != 8 resizes them."""
+    classes "0".."9", shipped inside scikit-learn (no download). ``size`` != 8 resizes them.
+    ``split``: scikit-learn has none, so "test" is every 5th image of each digit in file order (364
+    images, mmdiff.data.splits.every_kth), "train" the other 1,433, "all" every image."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     size = _check_size(size)
     digits = sklearn_digits()
     data = torch.from_numpy(digits.images).to(torch.float32).unsqueeze(1) / 16.0
     labels = torch.from_numpy(digits.target).to(torch.int64)
-    return Dataset(resize(data, size), labels, DIGIT_NAMES, "digits")
+    return Dataset(resize(data, size), labels, DIGIT_NAMES, "digits").subset(every_kth(labels, split))
 
 
 # --- MNIST (IDX files) ---------------------------------------------------------------------------
@@ -185,17 +189,23 @@ def read_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
                         "file") from None
 
 
-def load_image_folder(root: str, size: int = 32, channels: int = 3) -> Dataset:
+def _image_item(path: Path, size: int, channels: int) -> torch.Tensor:
+    """One image file -> [channels, size, size] float32 in [0, 1] (a dataset item)."""
+    return _load_image(path, size, channels).to(torch.float32) / 255.0
+
+
+def load_image_folder(root: str, size: int = 32, channels: int = 3, split: str = "all") -> Files:
     """Images from ``root``: one sub-folder per class (class names sorted), or the images directly
     in ``root`` for one class named after it. Any format Pillow reads (PNG, JPEG, BMP, GIF, WebP,
     TIFF), converted to grayscale (channels=1) or RGB (channels=3), with transparency composited
-    on white; shorter side resized to ``size``, centre-cropped to size x size. Unreadable files
-    are skipped with one warning."""
+    on white; shorter side resized to ``size``, centre-cropped to size x size. ``split``: "all", or
+    "train"/"test" (every 5th file of each class in scan order is "test": mmdiff.data.splits.every_kth).
+    Nothing is decoded here: mmdiff.data.stream.prepare decodes the files into memory or a disk cache,
+    skipping unreadable ones with one warning."""
     if channels not in (1, 3):
         raise UserError(f"dataset.channels={channels} is not supported: use dataset.channels=1 (grayscale) "
                         f"or dataset.channels=3 (RGB)")
     size = _check_size(size)
     items, class_names = scan_folder(root, IMAGE_EXTENSIONS, "image")
-    images, classes, _ = load_files(items, partial(_load_image, size=size, channels=channels), "image")
-    data = torch.stack(images).to(torch.float32) / 255.0
-    return Dataset(data, torch.tensor(classes, dtype=torch.int64), class_names, "image_folder")
+    return Files(split_items(items, split), partial(_image_item, size=size, channels=channels), class_names, "image_folder", "image",
+                 root=Path(root).expanduser(), options={"size": size, "channels": channels})

@@ -22,6 +22,7 @@ import csv
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from ..atomic import atomic_open
 from ..errors import UserError
 
 MANIFEST_NAME = "manifest.csv"
@@ -35,14 +36,13 @@ def write_manifest(path: str | Path, rows: Iterable[Mapping[str, object]], extra
     a missing or None value an empty cell) as a manifest CSV, atomically. Returns the path."""
     path = Path(path)
     columns = list(COLUMNS) + [c for c in extra_columns if c not in COLUMNS]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
             cells = dict(row, ok="true" if row["ok"] else "false")
             writer.writerow(["" if cells.get(c) is None else cells[c] for c in columns])
-    return tmp.replace(path)
+    return path
 
 
 def _ok(value: str, path: Path, line: int) -> bool:

@@ -175,7 +175,7 @@ def notes_pitches(octaves: int = 2, low_midi: int = 60, per_pitch: int = 4, n_ti
 
 def load_notes(sample_rate: int = 8000, seconds: float = 0.5, per_pitch: int = 4, octaves: int = 2,
                low_midi: int = 60, timbres: Sequence[str] = ("sine", "organ", "pluck", "bell"),
-               seed: int = 0) -> Dataset:
+               seed: int = 0, split: str = "train") -> Dataset:
     """Synthesised musical notes, the built-in audio dataset (no download): every pitch of ``octaves``
     chromatic octaves from ``low_midi`` (60 = middle C, 261.6 Hz), ``per_pitch`` variations each, in
     each timbre; the label is the timbre (class_names = timbres).
@@ -185,7 +185,10 @@ def load_notes(sample_rate: int = 8000, seconds: float = 0.5, per_pitch: int = 4
     Each note starts at t = 0 with a short attack and ends in silence (a linear release over the
     last 50 ms, or a fifth of the clip if shorter). Per clip, drawn from numpy's Generator(seed):
     detune +-5 cents, vibrato 2-10 cents deep at 4.5-6 Hz (the pitch stays steady), peak gain 0.5-0.9,
-    and the timbre's own variations. N = len(timbres) * 12 * octaves * per_pitch; data [N, 1, T]."""
+    and the timbre's own variations. N = len(timbres) * 12 * octaves * per_pitch; data [N, 1, T].
+
+    ``split``: "train" draws from Generator(seed); "test" is a held-out set of the same size that training
+    never sees, the same notes with variations drawn from Generator([seed, 1]); "all" is both."""
     sample_rate = _check_rate(sample_rate)
     length = _num_samples(seconds, sample_rate)
     per_pitch = _positive_int(per_pitch, "per_pitch", "4")
@@ -208,7 +211,17 @@ def load_notes(sample_rate: int = 8000, seconds: float = 0.5, per_pitch: int = 4
                         f"dataset.sample_rate={sample_rate}: raise dataset.sample_rate, or lower dataset.low_midi "
                         f"or dataset.octaves")
 
-    rng = np.random.default_rng(seed)
+    if split not in ("train", "test", "all"):
+        raise UserError(f"dataset.split={split} is not a split of the notes: use train, test or all")
+    streams = {"train": [seed], "test": [[seed, 1]], "all": [seed, [seed, 1]]}[split]
+    parts = [_render(np.random.default_rng(s), sample_rate, length, per_pitch, octaves, low_midi, timbres)
+             for s in streams]
+    return Dataset(torch.cat([p.data for p in parts]), torch.cat([p.labels for p in parts]), timbres, "notes")
+
+
+def _render(rng: np.random.Generator, sample_rate: int, length: int, per_pitch: int, octaves: int, low_midi: int,
+            timbres: list[str]) -> Dataset:
+    """load_notes' clips with the variations drawn from ``rng``."""
     midi = notes_pitches(octaves, low_midi, per_pitch, len(timbres))
     n = len(midi)
     detune = rng.uniform(-5, 5, n)                      # cents

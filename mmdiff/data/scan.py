@@ -84,6 +84,28 @@ def _list(failures: Sequence[tuple[Path, str]]) -> str:
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
+def try_load(load_one: Callable[[Path], T | None], path: Path) -> tuple[T | None, str | None]:
+    """(value, None), or (None, why) for a file whose ``load_one`` raises (any Exception) or returns None."""
+    try:
+        value = load_one(path)
+    except Exception as e:  # noqa: BLE001 - any failure of a user file means: skip it, say why
+        return None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return (value, None) if value is not None else (None, "unreadable")
+
+
+def report_failures(loaded: int, failures: Sequence[tuple[Path, str]], what: str) -> None:
+    """One warning counting the files that could not be read; a UserError when none could."""
+    total = loaded + len(failures)
+    if not loaded:
+        if not failures:
+            raise UserError(f"no {what} files to load: point dataset.root at a folder that holds some")
+        raise UserError(f"none of the {total} {what} files could be read: {_list(failures)}. "
+                        f"Replace them with valid {what} files, or point dataset.root at another folder")
+    if failures:
+        warnings.warn(f"skipped {len(failures)} of {total} {what} files that could not be read: {_list(failures)}",
+                      stacklevel=3)
+
+
 def load_files(items: Iterable[tuple[Path, int]], load_one: Callable[[Path], T | None],
                what: str = "image") -> tuple[list[T], list[int], int]:
     """Call ``load_one`` on every path of ``items`` ([(path, class_index)], as ``scan_folder``
@@ -93,24 +115,11 @@ def load_files(items: Iterable[tuple[Path, int]], load_one: Callable[[Path], T |
     classes: list[int] = []
     failures: list[tuple[Path, str]] = []
     for path, class_index in items:
-        try:
-            value = load_one(path)
-        except Exception as e:  # noqa: BLE001 - any failure of a user file means: skip it, say why
-            failures.append((path, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__))
-            continue
-        if value is None:
-            failures.append((path, "unreadable"))
+        value, why = try_load(load_one, path)
+        if why is not None:
+            failures.append((path, why))
             continue
         loaded.append(value)
         classes.append(class_index)
-
-    total = len(loaded) + len(failures)
-    if not loaded:
-        if not failures:
-            raise UserError(f"no {what} files to load: point dataset.root at a folder that holds some")
-        raise UserError(f"none of the {total} {what} files could be read: {_list(failures)}. "
-                        f"Replace them with valid {what} files, or point dataset.root at another folder")
-    if failures:
-        warnings.warn(f"skipped {len(failures)} of {total} {what} files that could not be read: {_list(failures)}",
-                      stacklevel=2)
+    report_failures(len(loaded), failures, what)
     return loaded, classes, len(failures)

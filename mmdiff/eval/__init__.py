@@ -9,9 +9,9 @@ the real-vs-real floor beside every number. Nothing downloads weights: every met
 """
 
 # (the function evaluate stays in mmdiff.eval.evaluate: re-exporting it would hide that module)
-from .evaluate import as_data, evaluate_reconstructions, split_halves
+from .evaluate import evaluate_reconstructions, split_halves
 from .evaluator import Evaluator, load_or_train_evaluator, train_evaluator
 from .metrics import fd, kid, precision_recall
 
-__all__ = ["Evaluator", "as_data", "evaluate_reconstructions", "fd", "kid", "load_or_train_evaluator",
+__all__ = ["Evaluator", "evaluate_reconstructions", "fd", "kid", "load_or_train_evaluator",
            "precision_recall", "split_halves", "train_evaluator"]

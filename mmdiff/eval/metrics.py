@@ -45,11 +45,17 @@ def _as_matrix(feats, name: str) -> np.ndarray:
 
 # --- Fréchet distance -----------------------------------------------------------------------------
 
-def _psd_sqrt(C: np.ndarray) -> np.ndarray:
-    """The symmetric square root of a symmetric positive semi-definite matrix, by eigen-decomposition.
-    Round-off can make tiny eigenvalues negative; they are clipped to 0 (C is PSD in exact arithmetic)."""
-    w, V = np.linalg.eigh(C)
-    return (V * np.sqrt(np.clip(w, 0.0, None))) @ V.T
+def _drop_roundoff(w: np.ndarray, scale: float) -> np.ndarray:
+    """Eigenvalues ``w`` of a D x D symmetric PSD matrix whose round-off is of order eps * ``scale``, with
+    those that round-off cannot tell from 0 set to 0 (negative ones included).
+
+    eigh is backward stable: its eigenvalues are exact for a matrix within p(D) eps ||A|| of the input,
+    p(D) ~ D (LAPACK Users' Guide, Sec. 4.7), so by Weyl's inequality each one is uncertain by about
+    D eps scale. A rank-deficient covariance thus shows +-1e-15-sized eigenvalues instead of zeros, and
+    their square roots, ~1e-8 each, would bias Tr sqrt(.) by far more than eps. The factor 10 covers
+    LAPACK's constant and, for S1 cov2 S1, the round-off of the two products and of S1."""
+    tol = 10 * len(w) * np.finfo(np.float64).eps * scale
+    return np.where(w > tol, w, 0.0)
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -62,17 +68,21 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     Tr((cov1 cov2)^(1/2)) = Tr((S1 cov2 S1)^(1/2)), S1 = cov1^(1/2): the same eigenvalues (cov1 cov2 is
     similar to S1 cov2 S1), but S1 cov2 S1 is symmetric positive semi-definite, so eigh gives real,
     non-negative eigenvalues even for singular or near-singular covariances (fewer samples than
-    dimensions, dead features). No eps * I is added, hence no bias: singular inputs are exact, and
-    the result is clipped at 0 against round-off.
+    dimensions, dead features). No eps * I is added, hence no bias: eigenvalues at round-off level
+    (below 10 D eps of the matrix's norm) count as 0, so singular inputs are exact to round-off, and the
+    result is clipped at 0.
     """
     mu1, mu2 = _as_float64(mu1).reshape(-1), _as_float64(mu2).reshape(-1)
     cov1, cov2 = np.atleast_2d(_as_float64(cov1)), np.atleast_2d(_as_float64(cov2))
     if not (mu1.shape == mu2.shape and cov1.shape == cov2.shape == (len(mu1), len(mu1))):
         raise ValueError(f"shapes do not fit: mu {mu1.shape}, {mu2.shape}; cov {cov1.shape}, {cov2.shape}")
     cov1, cov2 = (cov1 + cov1.T) / 2, (cov2 + cov2.T) / 2  # exact symmetry for eigh
-    S1 = _psd_sqrt(cov1)
-    eig = np.linalg.eigvalsh(S1 @ cov2 @ S1)
-    tr_sqrt = np.sqrt(np.clip(eig, 0.0, None)).sum()
+    w1, V1 = np.linalg.eigh(cov1)
+    norm1, norm2 = np.abs(w1).max(), np.abs(np.linalg.eigvalsh(cov2)).max()
+    S1 = (V1 * np.sqrt(_drop_roundoff(w1, norm1))) @ V1.T
+    # The round-off of S1 cov2 S1 scales with ||S1||^2 ||cov2|| = ||cov1|| ||cov2||, which can far exceed its
+    # own largest eigenvalue (covariances of nearly orthogonal supports).
+    tr_sqrt = np.sqrt(_drop_roundoff(np.linalg.eigvalsh(S1 @ cov2 @ S1), norm1 * norm2)).sum()
     d2 = np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * tr_sqrt
     return float(max(d2, 0.0))
 

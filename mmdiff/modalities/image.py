@@ -1,133 +1,100 @@
-"""The image adapter: pixels in [0, 1] <-> model space [-1, 1], PNG files and labelled grids."""
+"""The image modality: pixels in [0, 1] <-> model space [-1, 1]; PNG files, labelled grids, box and mask
+inpainting."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..data.images import read_image
-
-MAX_COLUMNS = 16    # a grid row wraps after this many images
-MIN_CELL = 32       # smaller images are upscaled (nearest) to at least this many pixels tall
-PAD = 2             # pixels between cells and around the grid
-LABEL_MARGIN = 4    # pixels left and right of a row's label text
-BACKGROUND, INK = 255, 0
+from ..errors import UserError
+from .base import Loaded, Modality
+from .grid import grid_image, to_pil
 
 
-class ImageModality:
-    """Images [N, C, H, W] with C = 1 (grayscale) or 3 (RGB)."""
+class ImageModality(Modality):
+    """Images [N, C, H, W] with C = 1 (grayscale) or 3 (RGB); decoded data is uint8."""
 
     name = "image"
-    unit = "images"  # throughput is logged as images_per_s
+    unit = "images"
+    sample_suffix = "png"
+    edit_options = ("mask", "box")
+    inception_fid = True
 
     def encode(self, data: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] in [0, 1] -> model space [-1, 1]."""
         return data * 2 - 1
 
-    def read(self, path: str | Path, shape: list[int]) -> torch.Tensor:
-        """An image file -> model space [1, *shape] (e.g. an init image for editing), resized and
-        centre-cropped like a dataset image."""
-        channels, height, width = shape
-        if height != width:
-            raise ValueError(f"images are square here, got shape {shape}")
-        return self.encode(read_image(path, height, channels)[None])
-
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> uint8 [N, C, H, W], clamped and rounded."""
         return ((x.detach().float().cpu() + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)
 
-    def save_samples(self, x: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
-                     out_dir: str | Path) -> list[Path]:
-        """One PNG per sample (sample_00000.png, ... in batch order) and grid.png, in ``out_dir``
-        (created). ``x`` is in model space. Returns the paths written, the grid last."""
+    def axes(self, shape: Sequence[int]) -> tuple[str, ...]:
+        return ("height", "width")
+
+    def read(self, path: str | Path, shape: Sequence[int]) -> Loaded:
+        """An image file, resized and centre-cropped like a dataset image to ``shape`` [C, H, W]."""
+        channels, height, width = shape
+        if height != width:
+            raise UserError(f"this model makes {height}x{width} images; only square images are read")
+        image = read_image(path, height, channels)[None]
+        return Loaded(self.encode(image), (image * 255).round().to(torch.uint8))
+
+    def write_samples(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
+                      out_dir: Path) -> list[Path]:
+        """One PNG per sample (sample_00000.png, ... in batch order) and grid.png; the grid last."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, image in enumerate(self.decode(x)):
+        for i, image in enumerate(data):
             path = out_dir / f"sample_{i:05d}.png"
-            _to_pil(image.permute(1, 2, 0).numpy()).save(path)
+            to_pil(image.permute(1, 2, 0).numpy()).save(path)
             paths.append(path)
-        paths.append(self.save_grid(x, labels, class_names, out_dir / "grid.png"))
-        return paths
+        return paths + [self.write_grid(data, labels, class_names, out_dir / "grid.png")]
 
-    def save_grid(self, x: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
-                  path: str | Path) -> Path:
-        """A PNG grid of ``x`` (model space). With labels: one row per class present, in class
-        order, the class name on its left, wrapping after 16 images. Without: a square-ish grid."""
+    def write_grid(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
+                   path: Path) -> Path:
+        """A PNG grid (mmdiff.modalities.grid): a row per class present, labelled; else square-ish."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        grid_image(self.decode(x), labels, class_names).save(path)
+        grid_image(data, labels, class_names).save(path)
         return path
 
+    def read_samples(self, paths: Sequence[Path]) -> torch.Tensor:
+        """PNGs -> uint8 [N, C, H, W] (C from the mode: L -> 1, RGB -> 3; others converted to RGB)."""
+        items = []
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    a = np.array(im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode))
+            except (OSError, ValueError) as e:
+                raise UserError(f"{p} is unreadable ({e}): delete it or sample again") from None
+            items.append(torch.from_numpy(a).reshape(*a.shape[:2], -1).permute(2, 0, 1))
+        shapes = sorted({tuple(x.shape) for x in items})
+        if len(shapes) > 1:
+            raise UserError(f"the images in {Path(paths[0]).parent} differ in size or mode: {shapes}")
+        return torch.stack(items)
 
-def _to_pil(a: np.ndarray) -> Image.Image:
-    """[H, W, C] uint8 -> a grayscale (C = 1) or RGB (C = 3) image."""
-    if a.shape[-1] == 1:
-        return Image.fromarray(a[..., 0], "L")
-    if a.shape[-1] == 3:
-        return Image.fromarray(a, "RGB")
-    raise ValueError(f"images need 1 or 3 channels, got {a.shape[-1]}")
+    def edit_mask(self, options: dict[str, Any], shape: Sequence[int]) -> torch.Tensor | None:
+        """``mask``: an image file, white = keep, black = regenerate; ``box``: [top, left, bottom, right]
+        pixels to regenerate."""
+        if "mask" in options:
+            return self.read(options["mask"], [1, *shape[1:]]).x[0] > 0  # white (model space > 0) = keep
+        if "box" in options:
+            top, left, bottom, right = (int(v) for v in options["box"])
+            if not (0 <= top < bottom <= shape[-2] and 0 <= left < right <= shape[-1]):
+                raise UserError(f"box={list(options['box'])} is not inside the {shape[-2]}x{shape[-1]} image: give "
+                                "[top, left, bottom, right] with 0 <= top < bottom <= height, 0 <= left < right <= width")
+            keep = torch.ones(shape, dtype=torch.bool)
+            keep[..., top:bottom, left:right] = False
+            return keep
+        return None
 
-
-def grid_rows(n: int, labels: torch.Tensor | None,
-              class_names: list[str] | None) -> list[tuple[str | None, list[int]]]:
-    """The grid layout: rows of (label text or None, sample indices).
-
-    With labels: samples grouped by class (in class index order, batch order within a class),
-    a row per class, wrapped after MAX_COLUMNS; a continuation row repeats the label.
-    Without: ceil(sqrt(n)) columns.
-    """
-    if labels is None:
-        cols = max(1, math.ceil(math.sqrt(n)))
-        return [(None, list(range(start, min(start + cols, n)))) for start in range(0, n, cols)]
-    labels = torch.as_tensor(labels).reshape(-1)
-    if len(labels) != n:
-        raise ValueError(f"{n} samples but {len(labels)} labels")
-    rows = []
-    for c in sorted(set(labels.tolist())):
-        text = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
-        members = (labels == c).nonzero().flatten().tolist()
-        rows += [(text, members[s:s + MAX_COLUMNS]) for s in range(0, len(members), MAX_COLUMNS)]
-    return rows
-
-
-def label_width(texts: list[str | None], font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
-    """Width of the label column: the widest text plus margins; 0 when no row has a label."""
-    widths = [x1 - x0 for x0, _, x1, _ in (font.getbbox(t) for t in texts if t is not None)]
-    return max(widths) + 2 * LABEL_MARGIN if widths else 0
-
-
-def grid_image(images: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None) -> Image.Image:
-    """uint8 [N, C, H, W] -> one grid image (see ``grid_rows``), grayscale for C = 1, RGB for C = 3.
-
-    Cells are the images upscaled by the integer factor ceil(MIN_CELL / H) (nearest), PAD pixels
-    apart and from the border; the label column (if any) is left of the first cell.
-    """
-    n, c, h, w = images.shape
-    if n == 0:
-        raise ValueError("no images to put in a grid")
-    scale = max(1, math.ceil(MIN_CELL / h))
-    cells = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3).permute(0, 2, 3, 1).numpy()
-    ch, cw = h * scale, w * scale
-
-    rows = grid_rows(n, labels, class_names)
-    font = ImageFont.load_default()
-    left = label_width([t for t, _ in rows], font)
-    cols = max(len(members) for _, members in rows)
-    mode = "L" if c == 1 else "RGB"
-    grid = Image.new(mode, (left + cols * (cw + PAD) + PAD, len(rows) * (ch + PAD) + PAD),
-                     BACKGROUND if c == 1 else (BACKGROUND,) * 3)
-    draw = ImageDraw.Draw(grid)
-    for r, (text, members) in enumerate(rows):
-        top = PAD + r * (ch + PAD)
-        if text is not None:
-            x0, y0, _, y1 = draw.textbbox((0, 0), text, font=font)
-            draw.text((LABEL_MARGIN - x0, top + (ch - (y1 - y0)) // 2 - y0), text, font=font,
-                      fill=INK if c == 1 else (INK,) * 3)
-        for k, i in enumerate(members):
-            grid.paste(_to_pil(cells[i]), (left + PAD + k * (cw + PAD), top))
-    return grid
+    def eval_data(self, data: torch.Tensor, reference_shape: Sequence[int]) -> torch.Tensor:
+        """uint8 images / 255 (float images as they are), the shape checked against the real images."""
+        return super().eval_data(data.float() / 255.0 if data.dtype == torch.uint8 else data, reference_shape)

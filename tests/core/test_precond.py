@@ -94,3 +94,19 @@ def test_scalar_sigma_is_broadcast_to_the_batch():
     p = EDMPrecond(Recorder(torch.zeros(3, 1, 4)))
     p(x, torch.tensor(2.0))
     assert p.net.calls[0][1].shape == (3,)
+
+
+def test_v_prediction_is_edm_with_c_out_negated():
+    """One formula (STYLE habit 14): VPrecond is EDMPrecond with the sign of c_out flipped, and with
+    sigma_data = 1 its target is still v = alpha n - s x0 of the VP process (Salimans & Ho 2022)."""
+    sigma = torch.tensor([0.002, 0.01, 0.3, 1.0, 2.0, 60.0, 80.0], dtype=torch.float64)
+    for sigma_data in (0.5, 1.0):
+        edm, v = EDMPrecond(None, sigma_data).scalings(sigma), VPrecond(None, sigma_data).scalings(sigma)
+        assert torch.equal(v[0], edm[0]) and torch.equal(v[1], -edm[1]) and torch.equal(v[2], edm[2])
+    x0, n, sigma, x = sample_pair(sigma_data=1.0)
+    s4 = sigma.view(-1, 1, 1, 1)
+    alpha, s = 1 / (1 + s4**2).sqrt(), s4 / (1 + s4**2).sqrt()
+    # (x0 - c_skip x) / c_out rounds to ~eps / sigma_min = 2e-14 at sigma = 0.01
+    assert torch.allclose(VPrecond(None, 1.0).target(x0, x, sigma), alpha * n - s * x0, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(VPrecond(None, 1.0).target(x0, x, sigma), -EDMPrecond(None, 1.0).target(x0, x, sigma),
+                          rtol=1e-12, atol=1e-12)

@@ -64,6 +64,7 @@ def test_ddpm_linear_alpha_bar_is_the_product_of_one_minus_beta():
 
 def test_alpha_bar_and_sigma_are_inverse_maps():
     sigma = torch.logspace(-3, 3, 20, dtype=torch.float64)
+    # 1 - alpha_bar (2 roundings of u) loses 1 / sigma^2 = 1e6 at sigma = 1e-3; the sqrt halves: 2u 1e6 / 2 = 1.1e-10
     assert torch.allclose(S.sigma_from_alpha_bar(S.alpha_bar_from_sigma(sigma)), sigma, rtol=1e-9)
 
 
@@ -104,3 +105,48 @@ def test_bad_schedule_arguments_raise():
         S.karras(0, 0.1, 1.0)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         S.karras(5, 1.0, 0.1)
+
+
+# --- respaced discrete VP levels (DDPM/DDIM sampling on the training timesteps) -----------------
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_respaced_with_every_step_visits_every_level(spacing):
+    levels = S.DiscreteVPSigma("linear", T=1000).sigmas
+    sigmas = S.respaced(1000, levels, spacing)
+    assert sigmas.dtype == torch.float64 and sigmas.shape == (1001,)
+    assert torch.equal(sigmas, torch.cat([levels.double().flip(0), torch.zeros(1, dtype=torch.float64)]))
+
+
+def test_respaced_visits_the_timesteps_of_ddim_uniform_spacing():
+    levels = S.DiscreteVPSigma("linear", T=1000).sigmas.double()
+    T = 1000
+    # trailing: t_i = round(T (n - i) / n) - 1 (diffusers' "trailing"; Lin et al. 2024, Table 2)
+    for n, by_hand in [(10, [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]), (3, [999, 666, 332])]:
+        assert by_hand == [round(T * (n - i) / n) - 1 for i in range(n)]
+        assert S.respaced(n, levels).tolist() == levels[by_hand].tolist() + [0.0]
+    # leading: reversed range(0, T, T // n) of the DDIM code (Song et al. 2021a), n of them
+    for n, by_hand in [(10, [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]), (3, [666, 333, 0])]:
+        assert by_hand == list(range(0, T, T // n))[:n][::-1]
+        assert S.respaced(n, levels, "leading").tolist() == levels[by_hand].tolist() + [0.0]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_respaced_is_strictly_decreasing_on_the_levels_then_zero(schedule, spacing):
+    noise = S.DiscreteVPSigma(schedule, T=1000)
+    for n in [1, 2, 7, 10, 50, 333, 999, 1000]:
+        sigmas = S.respaced(n, noise.sigmas, spacing)
+        assert sigmas.shape == (n + 1,) and sigmas.dtype == torch.float64 and sigmas[-1] == 0
+        assert torch.all(sigmas[1:] < sigmas[:-1])
+        assert torch.isin(sigmas[:-1], noise.sigmas.double()).all()
+        if spacing == "trailing":  # the top training level is always the first one visited
+            assert sigmas[0].item() == noise.sigma_max
+
+
+def test_respaced_rejects_bad_arguments():
+    levels = S.DiscreteVPSigma("linear", T=100).sigmas
+    for n in (0, -3, 101):
+        with pytest.raises(ValueError, match="1 to T = 100"):
+            S.respaced(n, levels)
+    with pytest.raises(ValueError, match="unknown spacing"):
+        S.respaced(10, levels, "linspace")

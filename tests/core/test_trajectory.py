@@ -89,6 +89,7 @@ def test_forward_process_adds_the_same_noise_at_every_level():
     assert frames.shape == (4, 3, 2, 4) and torch.equal(frames[0], x0)
     for i, s in enumerate(sigmas):
         assert torch.equal(frames[i], x0 + s * n)
+    # 1 / sigma^2 of the rounded 0.1: <= 4 roundings of u = eps / 2, 4.4e-16 < 1e-15
     assert snr.tolist() == pytest.approx([math.inf, 100.0, 1.0, 0.01], rel=1e-15)
 
 

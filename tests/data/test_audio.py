@@ -191,7 +191,7 @@ def write_folder(root):
 
 
 def test_folder_reads_every_format_rate_and_layout(tmp_path):
-    ds = load_audio_folder(str(write_folder(tmp_path)), sample_rate=16000, seconds=0.5, crop="center")
+    ds = load_audio_folder(str(write_folder(tmp_path)), sample_rate=16000, seconds=0.5, crop="center").load()
     assert ds.name == "audio_folder" and ds.class_names == ["high", "low"]
     assert ds.data.shape == (5, 1, 8000) and ds.data.dtype == torch.float32 and ds.labels.tolist() == [0, 0, 1, 1, 1]
     assert torch.allclose(ds.data.abs().amax(-1), torch.tensor(0.95))
@@ -204,7 +204,7 @@ def test_folder_mixes_channels_down_exactly(tmp_path):
     rng = np.random.default_rng(0)
     wave = rng.uniform(-0.5, 0.5, (1000, 6)).astype(np.float32)
     write(tmp_path / "x" / "six.wav", wave, 8000, subtype="FLOAT")
-    ds = load_audio_folder(str(tmp_path), sample_rate=8000, seconds=0.125, normalize="none", crop="start")
+    ds = load_audio_folder(str(tmp_path), sample_rate=8000, seconds=0.125, normalize="none", crop="start").load()
     assert ds.class_names == ["x"] and np.allclose(ds.data[0, 0].numpy(), wave.mean(1), atol=1e-7)
 
 
@@ -220,23 +220,23 @@ def test_folder_skips_broken_files_with_one_counted_warning(tmp_path):
     write(broken / "nan.wav", np.full(1600, np.nan, np.float32), 8000, subtype="FLOAT")
     write(broken / "empty.wav", np.zeros(0, np.float32), 8000)
     with pytest.warns(UserWarning, match=r"skipped 7 of 8 audio files that could not be read") as record:
-        ds = load_audio_folder(str(tmp_path), sample_rate=8000, seconds=0.25)
+        ds = load_audio_folder(str(tmp_path), sample_rate=8000, seconds=0.25).load()
     message = str(record[0].message)  # names the first five (sorted) with their reasons
     assert all(reason in message for reason in ("empty.wav (ValueError: no samples)", "garbage.wav (LibsndfileError",
                                                 "non-finite", "silent", "text.flac", "and 2 more"))
     assert len(ds) == 1 and ds.class_names == ["broken", "ok"] and ds.labels.tolist() == [1]
     good.unlink()
     with pytest.raises(UserError, match=r"none of the 7 audio files could be read"):
-        load_audio_folder(str(tmp_path))
+        load_audio_folder(str(tmp_path)).load()
 
 
 def test_folder_missing_or_without_audio(tmp_path):
     with pytest.raises(UserError, match=r"dataset.root=.*nope does not exist"):
-        load_audio_folder(str(tmp_path / "nope"))
+        load_audio_folder(str(tmp_path / "nope")).load()
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.mp4").write_bytes(b"")
     with pytest.raises(UserError, match=r"holds no audio files \(looked for \.flac, \.ogg, \.wav"):
-        load_audio_folder(str(tmp_path))
+        load_audio_folder(str(tmp_path)).load()
 
 
 def test_folder_crop_modes_and_padding(tmp_path):
@@ -246,7 +246,7 @@ def test_folder_crop_modes_and_padding(tmp_path):
 
     def load(crop, seed=0):
         return load_audio_folder(str(tmp_path), sample_rate=8000, seconds=0.1, normalize="none", crop=crop,
-                                 seed=seed).data[:, 0].numpy()
+                                 seed=seed).load().data[:, 0].numpy()
 
     assert np.array_equal(load("start")[0], ramp[:800]) and np.array_equal(load("center")[0], ramp[400:1200])
     assert np.array_equal(load("start")[1], np.concatenate([ramp[:300] + 0.1, np.zeros(500, np.float32)]))
@@ -259,7 +259,7 @@ def test_folder_crop_modes_and_padding(tmp_path):
 
 def test_folder_rms_normalisation(tmp_path):
     write(tmp_path / "a" / "x.wav", tone(440, 0.5, 16000, amp=0.02), 16000)
-    ds = load_audio_folder(str(tmp_path), seconds=0.25, normalize="rms")
+    ds = load_audio_folder(str(tmp_path), seconds=0.25, normalize="rms").load()
     assert np.isclose(ds.data[0, 0].pow(2).mean().sqrt().item(), 0.1, atol=1e-5)
 
 
@@ -269,4 +269,4 @@ def test_folder_rms_normalisation(tmp_path):
 ])
 def test_folder_settings_are_checked(tmp_path, kwargs, key):
     with pytest.raises(UserError, match=key):
-        load_audio_folder(str(tmp_path), **kwargs)
+        load_audio_folder(str(tmp_path), **kwargs).load()

@@ -16,10 +16,24 @@ MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 # --- digits --------------------------------------------------------------------------------------
 
+def test_digits_hold_out_every_fifth_image_of_each_class():
+    every, train, test = (load_digits(split=s) for s in ("all", "train", "test"))
+    assert (len(train), len(test)) == (1433, 364) and len(train) + len(test) == len(every)
+    # disjoint, and the test part is every 5th image of each digit (the 1st, 6th, ...) in file order
+    flat = {tuple(x.flatten().tolist()) for x in train.data}
+    assert not any(tuple(x.flatten().tolist()) in flat for x in test.data[:50])
+    for c in range(10):
+        members = every.data[every.labels == c]
+        assert torch.equal(test.data[test.labels == c], members[::5])
+    assert test.class_counts() == [-(-n // 5) for n in every.class_counts()]
+    with pytest.raises(UserError, match="not a split"):
+        load_digits(split="validation")
+
+
 def test_digits_are_sklearns_images_scaled_to_unit_range():
     from sklearn.datasets import load_digits as sklearn_digits
     ref = sklearn_digits()
-    ds = load_digits()
+    ds = load_digits(split="all")
     assert ds.name == "digits" and len(ds) == 1797 and ds.shape == (1, 8, 8) and ds.data.dtype == torch.float32
     assert ds.data.min() == 0 and ds.data.max() == 1  # 16 / 16
     assert torch.equal(ds.data[:, 0] * 16, torch.from_numpy(ref.images).float())
@@ -29,7 +43,7 @@ def test_digits_are_sklearns_images_scaled_to_unit_range():
 
 def test_digits_resized():
     small, big = load_digits(), load_digits(size=16)
-    assert big.shape == (1, 16, 16) and len(big) == 1797
+    assert big.shape == (1, 16, 16) and len(big) == 1433
     assert 0 <= big.data.min() and big.data.max() <= 1
     # bilinear upsampling by 2 keeps each image's mean brightness within a few percent
     assert torch.allclose(big.data.mean((1, 2, 3)), small.data.mean((1, 2, 3)), atol=0.02)
@@ -180,7 +194,7 @@ def pixels(ds, i=0):
 
 
 def only(root, size=8, channels=3):
-    ds = load_image_folder(str(root), size=size, channels=channels)
+    ds = load_image_folder(str(root), size=size, channels=channels).load()
     assert len(ds) == 1
     return pixels(ds)
 
@@ -284,7 +298,7 @@ def test_class_names_from_sub_folders(tmp_path):
     for name, value, count in [("zebra", 10, 4), ("ant", 20, 2), ("cat", 30, 2)]:
         for k in range(count):
             save(tmp_path / name / f"{k}.png", solid("L", value + k))
-    ds = load_image_folder(tmp_path, size=8, channels=1)
+    ds = load_image_folder(tmp_path, size=8, channels=1).load()
     assert ds.name == "image_folder" and ds.class_names == ["ant", "cat", "zebra"] and ds.class_counts() == [2, 2, 4]
     assert ds.shape == (1, 8, 8) and ds.data.dtype == torch.float32
     assert [int(pixels(ds, i)[0, 0, 0]) for i in range(len(ds))] == [20, 21, 30, 31, 10, 11, 12, 13]
@@ -295,7 +309,7 @@ def test_images_directly_in_root_are_one_class(tmp_path):
     root = tmp_path / "logos"
     save(root / "a.png", solid("RGB", (1, 2, 3)))
     save(root / "b.jpg", solid("RGB", (1, 2, 3)))
-    ds = load_image_folder(root, size=4)
+    ds = load_image_folder(root, size=4).load()
     assert ds.class_names == ["logos"] and ds.labels.tolist() == [0, 0] and ds.shape == (3, 4, 4)
 
 
@@ -306,7 +320,7 @@ def test_broken_files_are_skipped_and_counted(tmp_path):
     (tmp_path / "a" / "cut.png").write_bytes(good.read_bytes()[:60])
     (tmp_path / "b" / "text.png").write_text("not an image at all")
     with pytest.warns(UserWarning, match=r"skipped 3 of 5 image files") as record:
-        ds = load_image_folder(tmp_path, size=8)
+        ds = load_image_folder(tmp_path, size=8).load()
     message = str(record[0].message)
     assert all(name in message for name in ["empty.png", "cut.png", "text.png"])
     assert len(ds) == 2 and ds.labels.tolist() == [0, 1] and ds.class_names == ["a", "b"]
@@ -315,19 +329,19 @@ def test_broken_files_are_skipped_and_counted(tmp_path):
 def test_folder_errors_name_the_fix(tmp_path):
     with pytest.raises(UserError, match=r"dataset.root=.*missing does not exist: point dataset.root at a folder "
                                         r"with one sub-folder of image files"):
-        load_image_folder(tmp_path / "missing")
+        load_image_folder(tmp_path / "missing").load()
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"holds no image files \(looked for .*\.png.*\): point dataset.root"):
-        load_image_folder(tmp_path / "empty")
+        load_image_folder(tmp_path / "empty").load()
     (tmp_path / "broken" / "a").mkdir(parents=True)
     (tmp_path / "broken" / "a" / "x.png").write_bytes(b"")
     (tmp_path / "broken" / "a" / "y.jpg").write_text("hello")
     with pytest.raises(UserError, match=r"none of the 2 image files could be read: .*x.png.*y.jpg.*"
                                         r"Replace them with valid image files, or point dataset.root"):
-        load_image_folder(tmp_path / "broken")
+        load_image_folder(tmp_path / "broken").load()
 
 
 @pytest.mark.parametrize("channels", [0, 2, 4])
 def test_channels_must_be_1_or_3(tmp_path, channels):
     with pytest.raises(UserError, match=f"dataset.channels={channels} .*dataset.channels=1 .*dataset.channels=3"):
-        load_image_folder(tmp_path, channels=channels)
+        load_image_folder(tmp_path, channels=channels).load()

@@ -90,7 +90,7 @@ def test_archive_is_converted_exactly(tmp_path, capsys, archive):
     assert "13 images, 32x32 RGB PNG" in stdout
     assert f"python -m mmdiff dataset=image_folder dataset.root={out / 'train'} dataset.size=32" in stdout
     present = sorted(set(train_labels))  # image_folder keeps the classes that hold images
-    ds = load_image_folder(str(out / "train"), size=32)
+    ds = load_image_folder(str(out / "train"), size=32).load()
     assert ds.data.shape == (10, 3, 32, 32) and ds.class_names == [CLASSES[k] for k in present]
     assert sorted(ds.labels.tolist()) == sorted(present.index(k) for k in train_labels)
     first = expected(batches, "train")[0]

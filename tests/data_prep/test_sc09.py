@@ -83,7 +83,7 @@ def test_digits_are_extracted_into_the_official_splits(tmp_path, capsys, archive
     short = sum(sf.info(io.BytesIO(wav_bytes(c))).frames < 16000 for c in CLIPS)
     assert f"8 clips at 16000 Hz mono, {short} of them shorter than 1 s (the loader pads them)" in stdout
     assert f"dataset=audio_folder dataset.root={out / 'train'} dataset.sample_rate=16000 dataset.seconds=1.0" in stdout
-    ds = load_audio_folder(str(out / "train"), sample_rate=16000, seconds=1.0, normalize="none", crop="start")
+    ds = load_audio_folder(str(out / "train"), sample_rate=16000, seconds=1.0, normalize="none", crop="start").load()
     assert ds.class_names == ["nine", "one", "zero"] and ds.labels.tolist() == [0, 1, 1, 2]
     clip = sf.read(out / "train" / name(CLIPS[0]), dtype="float32")[0]
     assert np.array_equal(ds.data[3, 0, :len(clip)].numpy(), clip) and not ds.data[3, 0, len(clip):].any()

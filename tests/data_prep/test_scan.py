@@ -124,13 +124,13 @@ def test_audio_folder_report_and_manifest(tmp_path, capsys):
     assert scan_folder(root, scan.KINDS["audio"], "audio") == (items, class_names)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(load_audio_folder(str(root))) == 4
+        assert len(load_audio_folder(str(root)).load()) == 4
     (root / "manifest.csv").rename(tmp_path / "aside.csv")
     all_items, all_names = scan_folder(root, scan.KINDS["audio"], "audio")
     assert class_names == all_names == ["cat", "dog"]
     assert items == [(p, c) for p, c in all_items if AUDIO_RESULT[p.relative_to(root).as_posix()][0]]
     with pytest.warns(UserWarning, match="skipped 6 of 10 audio files"):
-        assert len(load_audio_folder(str(root))) == 4
+        assert len(load_audio_folder(str(root)).load()) == 4
 
 
 def test_image_folder_report_and_manifest(tmp_path, capsys):

@@ -5,11 +5,15 @@ from mmdiff.data.notes import load_notes
 from mmdiff.errors import UserError
 from mmdiff.eval import evaluator as ev_module
 from mmdiff.eval.evaluator import (Evaluator, EvaluatorNet, cache_dir, data_fingerprint, evaluator_cache_path,
-                                   load_or_train_evaluator, mel_settings, train_evaluator)
+                                   load_or_train_evaluator, train_evaluator)
+from mmdiff.modalities.audio import AudioModality, mel_settings
+from mmdiff.modalities.image import ImageModality
 from .conftest import digits_subset
 
 # Small and fast: two narrow stages, one thread (2 shared cores), seconds at most.
 FAST = {"epochs": 15, "channels": (16, 32), "num_threads": 1}
+IMAGE = ImageModality()
+AUDIO = AudioModality(sample_rate=8000, representation="waveform", spectrogram="mel", pad_to=1, options={})
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +23,7 @@ def digits200():
 
 @pytest.fixture(scope="module")
 def trained(digits200):
-    return train_evaluator(digits200, "image", **FAST)
+    return train_evaluator(digits200, IMAGE, **FAST)
 
 
 def test_trains_on_a_tiny_subset_well_above_chance(trained, digits200):
@@ -35,17 +39,17 @@ def test_training_is_deterministic_and_leaves_the_global_rng_alone(digits200, tr
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    again = train_evaluator(digits200, "image", **FAST)
+    again = train_evaluator(digits200, IMAGE, **FAST)
     assert torch.equal(torch.rand(3), before)
     assert torch.equal(again.features(digits200.data), trained.features(digits200.data))
 
 
 def test_save_load_round_trip_gives_identical_features(trained, digits200, tmp_path):
     path = trained.save(tmp_path / "ev.safetensors")
-    loaded = Evaluator.load(path)
+    loaded = Evaluator.load(path, IMAGE)
     assert torch.equal(loaded.features(digits200.data), trained.features(digits200.data))
     assert loaded.held_out_accuracy == trained.held_out_accuracy
-    assert loaded.fingerprint == trained.fingerprint == data_fingerprint(digits200, "image")
+    assert loaded.fingerprint == trained.fingerprint == data_fingerprint(digits200, IMAGE)
     assert loaded.config == trained.config and loaded.path == path
     assert [p.name for p in tmp_path.iterdir()] == ["ev.safetensors"]  # no temporary file left behind
 
@@ -54,11 +58,11 @@ def test_a_damaged_file_is_a_user_error(tmp_path, trained):
     path = trained.save(tmp_path / "ev.safetensors")
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(UserError, match="delete it"):
-        Evaluator.load(path)
+        Evaluator.load(path, IMAGE)
 
 
 def test_wrong_image_shape_is_refused(trained):
-    with pytest.raises(ValueError, match="trained on images of shape"):
+    with pytest.raises(ValueError, match="trained on image data of shape"):
         trained.features(torch.zeros(2, 1, 16, 16))
 
 
@@ -66,26 +70,26 @@ def test_cache_is_reused_and_refit_when_the_data_changes(digits200, cache, monke
     calls = []
     real_train = ev_module.train_evaluator
     monkeypatch.setattr(ev_module, "train_evaluator", lambda *a, **k: calls.append(1) or real_train(*a, **k))
-    first = load_or_train_evaluator(digits200, kind="image", **FAST)
+    first = load_or_train_evaluator(digits200, IMAGE, **FAST)
     assert not first.from_cache and len(calls) == 1
     assert first.path == cache / "evaluators" / f"evaluator-{first.fingerprint[:12]}.safetensors"
-    second = load_or_train_evaluator(digits200, kind="image", **FAST)
+    second = load_or_train_evaluator(digits200, IMAGE, **FAST)
     assert second.from_cache and len(calls) == 1  # not trained again
     assert torch.equal(second.features(digits200.data), first.features(digits200.data))
 
     changed = digits200.subset(slice(None))
     changed.data = changed.data.clone()
     changed.data[0, 0, 0, 0] += 0.5  # one pixel
-    third = load_or_train_evaluator(changed, kind="image", **FAST)
+    third = load_or_train_evaluator(changed, IMAGE, **FAST)
     assert not third.from_cache and len(calls) == 2 and third.fingerprint != first.fingerprint
     assert len(list((cache / "evaluators").iterdir())) == 2
 
     # An explicit cache path holding another dataset's evaluator is refit and overwritten.
-    fourth = load_or_train_evaluator(digits200, first.path.parent / f"evaluator-{third.fingerprint[:12]}.safetensors",
-                                     kind="image", **FAST)
+    fourth = load_or_train_evaluator(digits200, IMAGE, first.path.parent / f"evaluator-{third.fingerprint[:12]}.safetensors",
+                                     **FAST)
     assert not fourth.from_cache and len(calls) == 3
-    assert Evaluator.load(fourth.path).fingerprint == first.fingerprint
-    load_or_train_evaluator(digits200, kind="image", retrain=True, **FAST)
+    assert Evaluator.load(fourth.path, IMAGE).fingerprint == first.fingerprint
+    load_or_train_evaluator(digits200, IMAGE, retrain=True, **FAST)
     assert len(calls) == 4
 
 
@@ -110,22 +114,24 @@ def test_cache_location_next_to_writable_data_else_the_user_cache(tmp_path, cach
 def test_cached_next_to_the_data_root(digits200, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    ev = load_or_train_evaluator(digits200, kind="image", data_root=root, **FAST)
+    ev = load_or_train_evaluator(digits200, IMAGE, data_root=root, **FAST)
     assert ev.path.parent == root / ".mmdiff" and ev.path.is_file()
-    assert load_or_train_evaluator(digits200, kind="image", data_root=root, **FAST).from_cache
+    assert load_or_train_evaluator(digits200, IMAGE, data_root=root, **FAST).from_cache
 
 
-def test_audio_evaluator_on_log_mel_of_notes():
+def test_audio_evaluator_on_log_mel_of_notes(tmp_path):
     notes = load_notes(per_pitch=2, timbres=["sine", "pluck"], seconds=0.25)  # 96 clips, 2 timbres
-    ev = train_evaluator(notes, "audio", sample_rate=8000, epochs=10, channels=(8, 16), num_threads=1)
-    assert ev.config["mel"] == mel_settings(8000) and ev.config["net"]["dims"] == 2
+    ev = train_evaluator(notes, AUDIO, epochs=10, channels=(8, 16), num_threads=1)
+    assert ev.config["frontend"] == mel_settings(8000) and ev.config["net"]["dims"] == 2
     assert ev.held_out_accuracy > 0.75  # chance is 0.5
     feats = ev.features(notes.data[:5])
     assert feats.shape == (5, 128)
-    # any clip length: the spectrogram network pools globally over time
-    assert ev.features(torch.nn.functional.pad(notes.data[:5], (0, 1000))).shape == (5, 128)
-    with pytest.raises(ValueError, match="mono waveforms"):
-        ev.features(notes.data[:2, 0])
+    with pytest.raises(ValueError, match="trained on audio data of shape"):  # Modality.eval_data fits lengths first
+        ev.features(torch.nn.functional.pad(notes.data[:5], (0, 1000)))
+    path = ev.save(tmp_path / "ev.safetensors")
+    with pytest.raises(UserError, match="for other data"):
+        Evaluator.load(path, IMAGE)
+    assert torch.equal(Evaluator.load(path, AUDIO).features(notes.data[:5]), feats)
 
 
 def test_mel_settings_scale_with_the_sample_rate():
@@ -145,4 +151,4 @@ def test_one_class_is_refused(digits200):
     one.labels = torch.zeros(len(one), dtype=torch.int64)
     one.class_names = ["3"]
     with pytest.raises(UserError, match="at least 2"):
-        train_evaluator(one, "image", **FAST)
+        train_evaluator(one, IMAGE, **FAST)

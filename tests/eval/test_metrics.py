@@ -30,15 +30,50 @@ def test_fd_matches_scipy_sqrtm_on_full_covariances():
     C1, C2 = A @ A.T + 0.1 * np.eye(6), B @ B.T + 0.1 * np.eye(6)
     mu1, mu2 = r.normal(size=6), r.normal(size=6)
     ref = np.sum((mu1 - mu2) ** 2) + np.trace(C1 + C2 - 2 * scipy.linalg.sqrtm(C1 @ C2).real)
+    # sqrtm of the non-symmetric C1 C2 (condition ~1e4) is good to ~cond * eps ~ 1e-12: rel=1e-9 is no luck
     assert frechet_distance(mu1, C1, mu2, C2) == pytest.approx(ref, rel=1e-9)
 
 
+def fd_roundoff(dmu2, a, b):
+    """Worst-case round-off of frechet_distance for commuting covariances of eigenvalues a, b (D each):
+    ||mu1 - mu2||^2 and the traces to 10 D eps (sums of D terms, rounded inputs), and each eigenvalue
+    a_i b_i of S1 cov2 S1 to 10 D eps max(a) max(b) (eigh's backward error, as frechet_distance assumes),
+    which its square root divides by 2 sqrt(a_i b_i); zero eigenvalues stay below the cut-off."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ab = a * b
+    sqrt_terms = a.max() * b.max() * np.sum(ab[ab > 0] ** -0.5)
+    return 10 * len(a) * np.finfo(float).eps * (dmu2 + a.sum() + b.sum() + sqrt_terms)
+
+
 def test_fd_is_exact_for_singular_covariances():
-    # Rank-1 covariances in 3-D (what fewer samples than dimensions gives): no eps needed.
-    u = np.array([[1.0, 2.0, 2.0]]) / 3  # unit vector
-    C1, C2 = 4 * u.T @ u, 9 * u.T @ u    # stds 2 and 3 along the same line
-    assert frechet_distance(np.zeros(3), C1, np.zeros(3), C2) == pytest.approx(1.0, abs=1e-12)  # (3 - 2)^2
-    assert frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), np.zeros((3, 3))) == pytest.approx(3.0)
+    # Rank-1 covariances in 3-D (what fewer samples than dimensions gives): no eps needed. Their round-off
+    # eigenvalues (~1e-16) are no zeros; their square roots used to cost 1.2e-7 here.
+    u, v = np.array([1.0, 2.0, 2.0]) / 3, np.array([2.0, 1.0, -2.0]) / 3  # orthonormal
+    zero = np.zeros(3)
+    # stds 2 and 3 along the same line: (3 - 2)^2
+    assert frechet_distance(zero, 4 * np.outer(u, u), zero, 9 * np.outer(u, u)) == pytest.approx(
+        1.0, rel=0, abs=fd_roundoff(0.0, [4, 0, 0], [9, 0, 0]))
+    # along orthogonal lines: (C1 C2)^(1/2) = 0, so Tr C1 + Tr C2 (S1 C2 S1 is round-off only)
+    assert frechet_distance(zero, 4 * np.outer(u, u), zero, 9 * np.outer(v, v)) == pytest.approx(
+        13.0, rel=0, abs=fd_roundoff(0.0, [4, 0, 0], [0, 9, 0]))
+    assert frechet_distance(zero, np.zeros((3, 3)), np.ones(3), np.zeros((3, 3))) == 3.0  # exact: sums of 1s
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("a, b", [
+    ([4.0, 1.0, 0.25, 2.0, 0.5, 1.5], [1.0, 2.25, 0.25, 9.0, 4.0, 0.5]),  # full rank
+    ([4.0, 1.0, 0.25, 0.0, 0.0, 0.0], [1.0, 0.0, 2.25, 9.0, 0.0, 0.0]),  # rank 3 each, one common null direction
+])
+def test_fd_of_commuting_covariances_has_the_closed_form(seed, a, b):
+    # Q diag(a) Q^T and Q diag(b) Q^T commute: d^2 = ||mu1 - mu2||^2 + sum (sqrt a_i - sqrt b_i)^2. Rotated,
+    # the zeros of a rank-deficient one come out as +-1e-16-sized eigenvalues (regression: 1e4-1e5 x the bound).
+    r = rng(seed)
+    Q = np.linalg.qr(r.normal(size=(6, 6)))[0]
+    C1, C2 = (Q * a) @ Q.T, (Q * b) @ Q.T
+    mu1, mu2 = r.normal(size=6), r.normal(size=6)
+    dmu2 = np.sum((mu1 - mu2) ** 2)
+    exact = dmu2 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, C1, mu2, C2) == pytest.approx(exact, rel=0, abs=fd_roundoff(dmu2, a, b))
 
 
 def test_fd_of_a_set_with_itself_is_zero_and_sample_fd_converges():
@@ -64,6 +99,7 @@ def test_unbiased_mmd_matches_the_double_sum():
     xx = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
     yy = sum(k(y[i], y[j]) for i in range(4) for j in range(4) if i != j) / 12
     xy = sum(k(x[i], y[j]) for i in range(5) for j in range(4)) / 20
+    # sums of <= 20 kernel values ~4 cancel to 1.24: round-off ~20 eps * 4 / 1.24 ~ 1e-14 relative
     assert polynomial_mmd2(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
 
 
@@ -114,7 +150,7 @@ def test_knn_radii_on_a_grid():
     r2 = knn_radii2(torch.from_numpy(grid(4)), k=3, batch_size=5).reshape(4, 4)
     expected = torch.ones(4, 4, dtype=torch.float64)
     expected[0, 0] = expected[0, -1] = expected[-1, 0] = expected[-1, -1] = 2.0
-    assert torch.equal(r2, expected)
+    assert torch.equal(r2, expected)  # exact: integer coordinates give integer float64 distances in any order
 
 
 def test_precision_recall_identical_and_disjoint_sets():
@@ -139,6 +175,8 @@ def test_precision_recall_of_a_sub_cluster_is_exact():
 def test_precision_recall_does_not_depend_on_the_batch_size():
     r = rng(8)
     real, fake = r.normal(size=(300, 6)), r.normal(size=(250, 6)) * 1.3 + 0.2
+    # Exact although the batch size changes the gemm and so the last bits of each d2 (~1e-16 relative):
+    # the result counts d2 <= r2, and no point here lies within 2e-5 (relative) of a ball's boundary.
     results = {precision_recall(real, fake, k=3, batch_size=b) for b in (1, 64, 10_000)}
     assert len(results) == 1
 
@@ -151,7 +189,7 @@ def noise(n=2, T=4000, seed=0):
 
 def test_multires_stft_distance_zero_for_identical_positive_otherwise():
     x = noise()
-    assert torch.equal(multires_stft_distance(x, x), torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(multires_stft_distance(x, x), torch.zeros(2, dtype=torch.float64))  # one input, one path
     d = multires_stft_distance(x, noise(seed=1))
     assert d.shape == (2,) and (d > 0.5).all()
     assert multires_stft_distance(x[0, 0], x[0, 0]).ndim == 0

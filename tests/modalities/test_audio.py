@@ -9,10 +9,17 @@ from PIL import Image
 
 from mmdiff.errors import UserError
 from mmdiff.modalities.audio import AudioModality
-from mmdiff.modalities.image import grid_image
+from mmdiff.modalities.grid import grid_image
 from mmdiff.modalities.spectral import REPRESENTATIONS, ComplexSTFT, LogMel
 
 PCM16 = 1.5 / 32768  # PCM_16 quantisation, with room for the write's scaling by 32767
+PAD = {"waveform": 256, "stft": 16, "mel": 16}
+
+
+def make(representation="stft", sample_rate=8000, options=None, pad_to=None, spectrogram="mel"):
+    """An AudioModality with every argument given, as conf/modality/audio.yaml gives them."""
+    return AudioModality(sample_rate=sample_rate, representation=representation, spectrogram=spectrogram,
+                         pad_to=PAD.get(representation, 16) if pad_to is None else pad_to, options=options or {})
 
 
 def notes(n, T=3001, sr=8000):
@@ -44,23 +51,25 @@ class Page(HTMLParser):
 
 
 def test_constructor_picks_and_checks_the_representation():
-    assert isinstance(AudioModality().representation, ComplexSTFT)
-    m = AudioModality(sample_rate=16000, representation="mel", options={"mel": {"n_mels": 32}, "stft": {"x": 1}})
+    assert isinstance(make().representation, ComplexSTFT)
+    m = make(sample_rate=16000, representation="mel", options={"mel": {"n_mels": 32}, "stft": {"x": 1}})
     assert isinstance(m.representation, LogMel) and m.representation.mel.sample_rate == 16000
     assert m.representation.mel.n_mels == 32  # only the chosen representation's options are used
-    assert AudioModality(representation="waveform", pad_to=64).representation.padded_length(100) == 128
+    assert make(representation="waveform", pad_to=64).representation.padded_length(100) == 128
     assert (m.name, m.unit) == ("audio", "clips")
     with pytest.raises(UserError, match=r"modality.representation=wav is unknown: use one of waveform, stft, mel"):
-        AudioModality(representation="wav")
+        make(representation="wav")
     with pytest.raises(UserError, match=r"modality.options.stft.n_mels is not an option of the stft representation"):
-        AudioModality(representation="stft", options={"stft": {"n_mels": 64}})
+        make(representation="stft", options={"stft": {"n_mels": 64}})
     with pytest.raises(UserError, match=r"hop_length"):
-        AudioModality(representation="stft", options={"stft": {"hop_length": 1000}})
+        make(representation="stft", options={"stft": {"hop_length": 1000}})
+    with pytest.raises(TypeError):  # no hidden defaults: conf/modality/audio.yaml gives every argument
+        AudioModality(sample_rate=8000)
 
 
 @pytest.mark.parametrize("name", sorted(REPRESENTATIONS))
 def test_decode_gives_clamped_float32_waveforms(name):
-    m = AudioModality(representation=name)
+    m = make(representation=name)
     x = m.encode(notes(2))
     wave = m.decode(x * 10)  # far too loud: clamped
     assert wave.dtype == torch.float32 and wave.shape == (2, 1, m.representation.padded_length(3001))
@@ -70,12 +79,12 @@ def test_decode_gives_clamped_float32_waveforms(name):
 
 
 def test_save_samples_writes_wavs_pngs_grid_and_index(tmp_path):
-    m = AudioModality(sample_rate=16000, representation="stft")
+    m = make(sample_rate=16000, representation="stft")
     x = m.encode(notes(5))
     labels = torch.tensor([1, 0, 1, 2, 0])
     names = ["zero", "<one & \"1\">", "two"]
     out = tmp_path / "new" / "dir"
-    paths = m.save_samples(x, labels, names, out)
+    paths = m.write_samples(m.decode(x), labels, names, out)
 
     expected = [f"sample_{i:05d}.{ext}" for i in range(5) for ext in ("wav", "png")]
     assert [p.name for p in paths] == expected + ["grid.png", "grid.wav", "index.html"]
@@ -103,8 +112,8 @@ def test_save_samples_writes_wavs_pngs_grid_and_index(tmp_path):
 
 
 def test_save_samples_without_labels(tmp_path):
-    m = AudioModality(representation="waveform")
-    paths = m.save_samples(m.encode(notes(3)), None, None, tmp_path)
+    m = make(representation="waveform")
+    paths = m.write_samples(m.decode(m.encode(notes(3))), None, None, tmp_path)
     page = Page()
     page.feed(paths[-1].read_text())
     assert page.cells == ["0", "1", "2"] and len(page.audio) == 4
@@ -112,9 +121,9 @@ def test_save_samples_without_labels(tmp_path):
 
 
 def test_save_grid_writes_png_and_wav_in_grid_order(tmp_path):
-    m = AudioModality(representation="waveform")
+    m = make(representation="waveform")
     x = m.encode(notes(3))
-    path = m.save_grid(x, torch.tensor([1, 0, 1]), ["a", "b"], tmp_path / "sub" / "step_100.png")
+    path = m.write_grid(m.decode(x), torch.tensor([1, 0, 1]), ["a", "b"], tmp_path / "sub" / "step_100.png")
     assert path == tmp_path / "sub" / "step_100.png" and Image.open(path).mode == "RGB"
     audio, rate = sf.read(path.with_suffix(".wav"), dtype="float32")
     T, gap = m.representation.padded_length(3001), 2000  # 0.25 s at 8 kHz
@@ -128,7 +137,7 @@ def test_save_grid_writes_png_and_wav_in_grid_order(tmp_path):
 
 
 def test_spectrogram_image():
-    m = AudioModality()
+    m = make()
     t = torch.arange(4000) / 8000
     image = m.spectrogram_image(0.9 * torch.sin(2 * math.pi * 250 * t))
     assert image.dtype == torch.uint8 and image.shape == (3, 128, 4000 // 64 + 1)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image, ImageFont
 
-from mmdiff.modalities.image import LABEL_MARGIN, MAX_COLUMNS, PAD, ImageModality, grid_rows
+from mmdiff.modalities.grid import LABEL_MARGIN, MAX_COLUMNS, PAD, grid_rows
+from mmdiff.modalities.image import ImageModality
 
 M = ImageModality()
 
@@ -48,7 +49,7 @@ def test_save_samples_writes_pngs_and_a_labelled_grid(tmp_path):
     x = model_space(5, 1, 8, 8)
     labels = torch.tensor([0, 1, 0, 2, 1])
     out = tmp_path / "new" / "dir"
-    paths = M.save_samples(x, labels, ["zero", "one", "two"], out)
+    paths = M.write_samples(M.decode(x), labels, ["zero", "one", "two"], out)
     assert [p.name for p in paths] == [f"sample_{i:05d}.png" for i in range(5)] + ["grid.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
     u8 = M.decode(x)
@@ -73,7 +74,7 @@ def test_save_samples_writes_pngs_and_a_labelled_grid(tmp_path):
 def test_grid_with_ten_classes_has_ten_rows(tmp_path):
     labels = torch.arange(10).repeat(3)[torch.randperm(30, generator=torch.Generator().manual_seed(0))]
     names = [str(d) for d in range(10)]
-    path = M.save_grid(model_space(30, 1, 8, 8), labels, names, tmp_path / "sub" / "g.png")
+    path = M.write_grid(M.decode(model_space(30, 1, 8, 8)), labels, names, tmp_path / "sub" / "g.png")
     assert path == tmp_path / "sub" / "g.png"
     w, h = Image.open(path).size
     assert h == 10 * (32 + PAD) + PAD and w == label_column(names) + 3 * (32 + PAD) + PAD
@@ -91,14 +92,14 @@ def test_rows_wrap_and_repeat_their_label():
 
 def test_wrapped_grid_size(tmp_path):
     labels = torch.tensor([0] * 20 + [1] * 3)
-    grid = Image.open(M.save_grid(model_space(23, 1, 28, 28), labels, ["a", "b"], tmp_path / "g.png"))
+    grid = Image.open(M.write_grid(M.decode(model_space(23, 1, 28, 28)), labels, ["a", "b"], tmp_path / "g.png"))
     assert grid.size == (label_column(["a", "b"]) + MAX_COLUMNS * (56 + PAD) + PAD, 3 * (56 + PAD) + PAD)
 
 
 @pytest.mark.parametrize("n", [1, 4, 10, 17])
 def test_unlabelled_grid_is_square_ish(tmp_path, n):
     x = model_space(n, 1, 8, 8)
-    paths = M.save_samples(x, None, None, tmp_path)
+    paths = M.write_samples(M.decode(x), None, None, tmp_path)
     assert len(paths) == n + 1
     grid = Image.open(paths[-1])
     cols = math.ceil(math.sqrt(n))
@@ -110,7 +111,7 @@ def test_unlabelled_grid_is_square_ish(tmp_path, n):
 
 def test_three_channels(tmp_path):
     x = model_space(4, 3, 20, 12)
-    paths = M.save_samples(x, torch.tensor([1, 1, 0, 1]), ["cats", "dogs"], tmp_path)
+    paths = M.write_samples(M.decode(x), torch.tensor([1, 1, 0, 1]), ["cats", "dogs"], tmp_path)
     u8 = M.decode(x)
     png = Image.open(paths[3])
     assert png.mode == "RGB" and png.size == (12, 20)
@@ -125,10 +126,10 @@ def test_three_channels(tmp_path):
 
 
 def test_large_images_are_not_upscaled(tmp_path):
-    grid = Image.open(M.save_grid(model_space(2, 1, 40, 40), None, None, tmp_path / "g.png"))
+    grid = Image.open(M.write_grid(M.decode(model_space(2, 1, 40, 40)), None, None, tmp_path / "g.png"))
     assert grid.size == (2 * (40 + PAD) + PAD, 40 + 2 * PAD)
 
 
 def test_unsupported_channel_count(tmp_path):
     with pytest.raises(ValueError, match="1 or 3 channels"):
-        M.save_grid(model_space(1, 2, 8, 8), None, None, tmp_path / "g.png")
+        M.write_grid(M.decode(model_space(1, 2, 8, 8)), None, None, tmp_path / "g.png")

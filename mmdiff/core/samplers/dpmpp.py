@@ -18,32 +18,6 @@ from .common import Denoiser, Generator, ancestral_step, lambda_of, prepare, ran
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None,
-                    callback=None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): a second-order multistep solver that reuses the
-    previous step's denoised estimate; one evaluation per step. ``generator`` is unused."""
-    sigmas, s_in = prepare(x, sigmas)
-    old_denoised, h_last = None, None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoiser(x, sigma * s_in)
-        if sigma_next == 0:
-            x = denoised  # the limit of the update below as h -> infinity
-        else:
-            h = lambda_of(sigma_next) - lambda_of(sigma)
-            if old_denoised is None:
-                denoised_d = denoised
-            else:
-                r = h_last / h
-                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * denoised_d
-            h_last = h
-        old_denoised = denoised
-        report(callback, i, x, sigma, sigma_next, denoised)
-    return x
-
-
-@torch.no_grad()
 def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                               generator: Generator = None, callback=None, eta: float = 1.0,
                               s_noise: float = 1.0) -> torch.Tensor:
@@ -80,7 +54,7 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
                         solver_type: str = "midpoint") -> torch.Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022b, Sec. 4; k-diffusion's ``sample_dpmpp_2m_sde``): the 2M step
     for the SDE with noise scale eta; ``solver_type`` "midpoint" or "heun" picks the second-order
-    correction. eta = 0 with "midpoint" is exactly :func:`sample_dpmpp_2m`."""
+    correction. eta = 0 with "midpoint" is DPM-Solver++(2M): :func:`sample_dpmpp_2m` calls this."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     sigmas, s_in = prepare(x, sigmas)
@@ -98,6 +72,9 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
             if old_denoised is not None:
                 r = h_last / h
                 if solver_type == "midpoint":
+                    # At eta = 0, phi = 1 - e^{-h} and this is Lu et al. 2022b's Algorithm 2 (2M):
+                    # x = (sigma_next / sigma) x + phi D_r with D_r = (1 + 1/(2r)) D - 1/(2r) D_old
+                    #   = (sigma_next / sigma) x + phi D + phi / (2r) (D - D_old).
                     x = x + 0.5 * phi * (1 / r) * (denoised - old_denoised)
                 else:  # the exact integral of the linear extrapolation of D
                     x = x + (1 - phi / (h + eta_h)) * (1 / r) * (denoised - old_denoised)
@@ -107,6 +84,15 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
         old_denoised = denoised
         report(callback, i, x, sigma, sigma_next, denoised)
     return x
+
+
+def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None,
+                    callback=None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): a second-order multistep solver that reuses the
+    previous step's denoised estimate; one evaluation per step. It is :func:`sample_dpmpp_2m_sde` with
+    eta = 0 and the midpoint correction (the algebra is in that function's comment); ``generator`` is unused."""
+    return sample_dpmpp_2m_sde(denoiser, x, sigmas, generator=generator, callback=callback, eta=0.0,
+                               solver_type="midpoint")
 
 
 @torch.no_grad()

@@ -1,0 +1,41 @@
+"""Where the configs are and how to compose them, for the CLI and the Python API alike.
+
+From a source checkout (or an editable install) the configs are the repository's ``conf/`` folder; an
+installed wheel carries the same files as the package ``mmdiff.conf``, found through ``pkg://``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+
+def config_path() -> str:
+    """The folder (or ``pkg://`` module) holding config.yaml and the config groups."""
+    source = Path(__file__).resolve().parents[1] / "conf"
+    return str(source) if (source / "config.yaml").is_file() else "pkg://mmdiff.conf"
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config that ``python -m mmdiff OVERRIDES`` would run with."""
+    path = config_path()
+    init = (initialize_config_module("mmdiff.conf", version_base="1.3") if path.startswith("pkg://")
+            else initialize_config_dir(config_dir=path, version_base="1.3"))
+    with init:
+        return hydra_compose("config", overrides=list(overrides))
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults(overrides: tuple[str, ...]) -> dict:
+    return OmegaConf.to_container(compose(list(overrides)), resolve=False)
+
+
+def defaults(*overrides: str) -> dict:
+    """The default values of the composed config (with ``overrides``) as a plain dict: what the Python API
+    falls back on, so that a default lives in the YAML files only (composed once per set of overrides)."""
+    import copy
+    return copy.deepcopy(_defaults(tuple(overrides)))

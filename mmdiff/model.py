@@ -1,0 +1,183 @@
+"""A checkpoint made usable: :class:`Model` samples, fits step schedules, encodes, decodes and writes files.
+
+    from mmdiff.model import Model
+    model = Model.from_checkpoint("outputs/.../last.safetensors")
+    x = model.sample(n=20, labels="7", steps=20, guidance=1.5, seed=0)   # model space [20, *shape]
+    model.save(x, "samples/", labels=model.labels("7", 20))             # files, as mode=sample writes them
+
+Every option a method leaves out takes the value conf/ gives it (``mmdiff.config.defaults``): the
+Python API and the command line sample the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels, schedule_key
+from .checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from .config import defaults
+from .core.samplers import SAMPLERS
+from .errors import UserError
+from .generate import Guidance, from_noise, generate
+
+
+def sampler_defaults(sampler: str) -> dict:
+    """conf/sampler/<sampler>.yaml as a dict (schedule, schedule_options, options); a UserError listing the
+    samplers for an unknown name."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"sampler {sampler!r} is unknown: use one of {', '.join(sorted(SAMPLERS))}")
+    return defaults(f"sampler={sampler}")["sampler"]
+
+
+class Model:
+    """A trained denoiser with what it needs to sample: its modality, data shape, classes and the step
+    schedules fitted to it."""
+
+    def __init__(self, denoiser: torch.nn.Module, run_cfg: dict, info: dict, step: int = 0,
+                 schedules: dict | None = None, path: Path | None = None):
+        self.denoiser, self.config, self.info, self.step = denoiser, run_cfg, info, step
+        self.schedules: dict = dict(schedules or {})   # fitted step schedules, "sampler/steps" -> fit record
+        self.path = path
+        self.modality = build_modality(run_cfg["modality"])
+        self.shape: list[int] = info["shape"]
+        self.class_names: list[str] = info["class_names"] if run_cfg["model"].get("num_classes") else []
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> Model:
+        """Rebuild the model from a checkpoint's own config (EMA weights unless ema=False)."""
+        ckpt = load_checkpoint(path)
+        denoiser = build_denoiser(ckpt.config, ckpt.config["model"], ckpt.data)
+        try:
+            denoiser.load_state_dict(ckpt.ema if ema and ckpt.ema else ckpt.model)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {path} does not match the model its config describes ({e}): the file is "
+                            "damaged or was edited; use an intact checkpoint") from None
+        return cls(denoiser.to(pick_device(device)).eval(), ckpt.config, ckpt.data, ckpt.step,
+                   ckpt.extra.get("schedules"), resolve_checkpoint_path(path))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def null_label(self) -> int:
+        return len(self.class_names)
+
+    def labels(self, value: Any, n: int) -> torch.Tensor | None:
+        """Labels for n samples: None (a block of ceil(n / classes) per class: the grid rows), or a class index
+        or name, or a list."""
+        return resolve_labels(value, n, self.class_names)
+
+    def sigmas(self, steps: int, schedule: str = "karras", sampler: str = "dpmpp_2m",
+               **schedule_options) -> torch.Tensor:
+        """The noise levels of a sampling schedule over this model's range, ending in 0 (schedule="fitted":
+        the one fitted for ``sampler`` and ``steps``, see :meth:`fit_schedule`)."""
+        return build_sigmas({"name": sampler, "schedule": schedule, "schedule_options": schedule_options}, steps,
+                            self.config["diffusion"], self.schedules)
+
+    def guided(self, labels: torch.Tensor | None, guidance: Guidance | float = 1.0):
+        """The denoiser(x, sigma) the samplers call, with labels and guidance bound in."""
+        guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
+        return guidance.bind(self.denoiser, None if labels is None else labels.to(self.device), self.null_label)
+
+    def _labels(self, labels: Any, n: int) -> torch.Tensor | None:
+        if isinstance(labels, torch.Tensor) or (labels is None and not self.class_names):
+            return labels
+        return self.labels(labels, n)
+
+    @torch.no_grad()
+    def sample(self, n: int | None = None, labels: Any = None, sampler: str | None = None, steps: int | None = None,
+               guidance: float | None = None, seed: int | None = None, batch_size: int | None = None, callback=None,
+               schedule: str | None = None, noise: torch.Tensor | None = None, guidance_rescale: float | None = None,
+               guidance_interval: tuple[float, float] | None = None, dynamic_threshold: float | None = None,
+               **sampler_options) -> torch.Tensor:
+        """n samples in model space [n, *shape]; sample i draws its noise from seed + i (``mode=sample``'s
+        options, the same names; anything left out takes conf/'s default, and the sampler's options and
+        schedule those of conf/sampler/<sampler>.yaml). ``schedule``: a step schedule's name, or "fitted"
+        (see :meth:`fit_schedule`). ``noise``: your own starting noise [n, *shape] at unit variance (e.g. to
+        compare samplers or checkpoints from the same draws); the seed then only drives stochastic
+        samplers' noise."""
+        top = defaults()
+        sampler = sampler or top["sampler"]["name"]
+        spec = sampler_defaults(sampler)
+        pick = lambda value, key: top[key] if value is None else value  # noqa: E731
+        n, steps, seed, batch_size = (int(pick(v, k)) for v, k in
+                                      ((n, "n"), (steps, "steps"), (seed, "seed"), (batch_size, "batch_size")))
+        guide = Guidance.from_config({"guidance": pick(guidance, "guidance"),
+                                      "guidance_rescale": pick(guidance_rescale, "guidance_rescale"),
+                                      "guidance_interval": pick(guidance_interval, "guidance_interval"),
+                                      "dynamic_threshold": pick(dynamic_threshold, "dynamic_threshold")})
+        if noise is not None and tuple(noise.shape) != (n, *self.shape):
+            raise UserError(f"noise has shape {list(noise.shape)}; this model samples [n, *shape] = {[n, *self.shape]}")
+        sigmas = self.sigmas(steps, schedule or spec["schedule"], sampler,
+                             **(spec["schedule_options"] if schedule is None else {}))
+        solve = from_noise(self.shape, sampler, sigmas, spec["options"] | sampler_options, device=self.device,
+                           noise=noise, callback=callback)
+        return generate(self.denoiser, solve, n=n, labels=self._labels(labels, n), null_label=self.null_label,
+                        guidance=guide, seed=seed, batch_size=batch_size, device=self.device)
+
+    def fit_schedule(self, sampler: str = "dpmpp_2m", steps: int = 10, *, guidance: float | None = None,
+                     start: str = "karras", seed: int = 0, save: bool = False, **fit_options):
+        """Fit a few-step schedule for ``sampler`` to this model (mmdiff.core.schedule_fit), keep it in
+        ``self.schedules`` (and in the checkpoint file if ``save``); returns the FitResult. ``fit_options``:
+        n, held_out, reference_steps, sweeps, iters (conf/config.yaml's ``fit`` node gives the rest)."""
+        from .core.schedule_fit import fit_schedule
+        top = defaults()
+        unknown = set(fit_options) - (set(top["fit"]) - {"out"})
+        if unknown:
+            raise UserError(f"fit_schedule takes no option {', '.join(sorted(unknown))}: use "
+                            f"{', '.join(sorted(set(top['fit']) - {'out'}))}")
+        f = top["fit"] | fit_options
+        guidance = top["guidance"] if guidance is None else guidance
+        sampler_defaults(sampler)
+        k = len(self.class_names)
+
+        def problem(count: int, offset: int):
+            gen = torch.Generator().manual_seed(seed + offset)
+            noise = torch.randn(count, *self.shape, generator=gen).to(self.device)
+            labels = (torch.arange(offset, offset + count) % k) if k else None
+            return self.guided(labels, guidance), noise
+        denoiser, noise = problem(f["n"], 0)
+        try:
+            result = fit_schedule(denoiser, noise, self.sigmas(steps, start, sampler), sampler,
+                                  floor=float(self.config["diffusion"]["sigma_min"]),
+                                  reference_steps=f["reference_steps"],
+                                  held_out=problem(f["held_out"], f["n"]) if f["held_out"] else None,
+                                  sweeps=f["sweeps"], iters=f["iters"])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        record = result.to_dict() | {"guidance": guidance, "start_schedule": start, "n": f["n"], "seed": seed,
+                                     "model_step": self.step}
+        self.schedules[schedule_key(sampler, steps)] = record
+        if save:
+            self.save_schedules()
+        return result
+
+    def save_schedules(self, path: str | Path | None = None) -> Path:
+        """Write the fitted schedules into this model's checkpoint, or into a copy of it at ``path``
+        (atomically; the weights and training state are carried over untouched)."""
+        if self.path is None:
+            raise UserError("this model was not loaded from a checkpoint, so there is none to store schedules in: "
+                            "load it with Model.from_checkpoint")
+        ckpt = load_checkpoint(self.path)
+        ckpt.extra["schedules"] = self.schedules
+        return save_checkpoint(path or self.path, ckpt)
+
+    def encode(self, data: torch.Tensor) -> torch.Tensor:
+        """Data (the modality's natural range: images in [0, 1], waveforms in [-1, 1]) -> model space."""
+        return self.modality.encode(data)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> data (uint8 images [N, C, H, W], float waveforms [N, 1, T], ...)."""
+        return self.modality.decode(x)
+
+    def read(self, path: str | Path) -> torch.Tensor:
+        """A file of this model's modality -> model space [1, *shape], prepared like the training data."""
+        return self.modality.read(path, self.shape).x
+
+    def save(self, x: torch.Tensor, out_dir: str | Path, labels: torch.Tensor | None = None) -> list[Path]:
+        """Write samples (model space) as the CLI does: one file per sample and whatever shows them."""
+        return self.modality.write_samples(self.decode(x), labels, self.class_names or None, Path(out_dir))

@@ -1,0 +1,160 @@
+"""mode=sample: generate from a checkpoint, or edit a file with it.
+
+n samples; or with ``init=FILE``: SDEdit (``strength``), inpainting with the masks the modality builds from
+its editing options (images: ``mask``/``box``; audio: ``gap``), or continuation along the time axis
+(``extend``); ``interpolate=true`` walks from the noise of ``seed`` to that of ``seed2``; ``trajectory=true``
+also writes the reverse and forward processes as strips. Everything goes through the core's editing and
+trajectory functions and the modality interface: no kind of data is special here. An edit returns the
+input's own data wherever the mask keeps it (``Modality.restore``), bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from ..build import build_sigmas
+from ..core.editing import continuation_input, continuation_mask, inpaint, interpolate_noise, sdedit
+from ..core.trajectory import Trajectory, forward_process
+from ..errors import UserError
+from ..generate import Guidance, from_noise, generate
+from ..modalities.base import MASK_OPTIONS, Loaded, Modality
+from ..model import Model
+
+log = logging.getLogger(__name__)
+
+
+def edit_options(cfg: DictConfig, modality: Modality) -> dict:
+    """The editing masks given on the command line, checked against what the modality takes."""
+    given = {k: cfg[k] for k in MASK_OPTIONS if cfg.get(k) is not None}
+    foreign = [k for k in given if k not in modality.edit_options]
+    if foreign:
+        takes = ", ".join(f"{k}=" for k in modality.edit_options) or "no mask options"
+        raise UserError(f"{foreign[0]}= is not an editing option of {modality.name} data: it takes {takes}")
+    if len(given) > 1:
+        raise UserError(f"give one of {', '.join(given)}, not several")
+    if given and cfg.init is None:
+        raise UserError(f"{next(iter(given))}= marks what to regenerate in a file: give the file with init=PATH")
+    return given
+
+
+def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
+    """mode=sample: rebuild the model from the checkpoint's own config, generate or edit, write files."""
+    model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
+    modality, shape, names = model.modality, model.shape, model.class_names
+    labels = model.labels(cfg["class"], cfg.n)
+    sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
+    options, sampler = dict(cfg.sampler.options), cfg.sampler.name
+    guidance, out = Guidance.from_config(cfg), Path(cfg.out)
+    trajectory = Trajectory(frames=10, steps=len(sigmas) - 1) if cfg.trajectory else None
+    given = edit_options(cfg, modality)
+    if cfg.extend is not None and cfg.init is None:
+        raise UserError("extend= continues a file: give it with init=PATH")
+
+    loaded, keep = None, None
+    if cfg.init is not None:
+        loaded = modality.read(cfg.init, shape)
+        keep = modality.edit_mask(given, shape)
+        if cfg.extend is not None:
+            return _extend(cfg, model, loaded, labels, sigmas, guidance, options, out)
+        modality.write_grid(modality.decode(loaded.x), None, None, out / "input.png")
+        x_init = loaded.x.to(model.device)
+
+        def solve(denoiser, part, gens):
+            x0 = x_init.expand(len(gens), *shape).contiguous()
+            if keep is not None:
+                return inpaint(denoiser, x0, keep.to(model.device), sigmas, resample=cfg.resample, sampler=sampler,
+                               generator=gens, callback=trajectory, **options)
+            return sdedit(denoiser, x0, sigmas, strength=cfg.strength, sampler=sampler, generator=gens,
+                          callback=trajectory, **options)
+        what = "inpainted" if keep is not None else f"SDEdit (strength {cfg.strength})"
+    elif cfg.interpolate:
+        a = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed))
+        b = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed2))
+        solve = from_noise(shape, sampler, sigmas, options, device=model.device, noise=interpolate_noise(a, b, cfg.n),
+                           callback=trajectory)
+        what = f"interpolation from seed {cfg.seed} to seed {cfg.seed2}"
+    else:
+        solve = from_noise(shape, sampler, sigmas, options, device=model.device, callback=trajectory)
+        what = "samples"
+
+    log.info("%s: %d from %s (step %d) with %s, %d steps, guidance %.2f", what, cfg.n, cfg.checkpoint, model.step,
+             sampler, cfg.steps, cfg.guidance)
+    x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label, guidance=guidance,
+                 seed=cfg.seed, batch_size=cfg.n if trajectory else cfg.batch_size, device=model.device)
+    data = modality.decode(x)
+    if keep is not None:
+        data = modality.restore(data, loaded, keep)
+    paths = _write(modality, data, labels, names, out)
+    if trajectory is not None:
+        paths += _write_trajectories(modality, trajectory, x, cfg, out)
+    log.info("wrote %d files to %s", len(paths), out)
+    return paths
+
+
+def _write(modality: Modality, data: torch.Tensor, labels: torch.Tensor | None, names: list[str],
+           out: Path) -> list[Path]:
+    """The modality's files, and labels.json: the class of each sample in file order (mode=eval samples=FOLDER
+    reads it)."""
+    paths = modality.write_samples(data, labels, names or None, out)
+    if labels is not None:
+        (out / "labels.json").write_text(json.dumps([names[i] for i in labels.tolist()]) + "\n")
+        paths.append(out / "labels.json")
+    return paths
+
+
+def _extend(cfg: DictConfig, model: Model, loaded: Loaded, labels, sigmas, guidance: Guidance, options: dict,
+            out: Path) -> list[Path]:
+    """Continuation along the time axis, window by window: the last half of what exists is the known start
+    of the next window, whose rest is inpainted, until ``extend`` (in the modality's time unit) is added."""
+    modality, shape = model.modality, model.shape
+    dim = modality.time_dim(shape)
+    if dim is None:
+        raise UserError(f"extend= continues data along its time axis, and {modality.name} data has none: for edits "
+                        f"use {', '.join(f'{k}=' for k in modality.edit_options) or 'strength='}")
+    window = shape[dim - 1]
+    keep = window // 2
+    wanted = window + modality.time_steps(float(cfg.extend))
+    y = None if labels is None else labels[:1]
+    denoiser = model.guided(y, guidance)
+    x, k = loaded.x.to(model.device), 0
+    while x.shape[dim] < wanted:
+        x_known, mask = continuation_input(x.narrow(dim, x.shape[dim] - keep, keep), window, time_dim=dim)
+        gens = [torch.Generator().manual_seed(cfg.seed + k)]
+        new = inpaint(denoiser, x_known, mask, sigmas, resample=cfg.resample, sampler=cfg.sampler.name,
+                      generator=gens, **options)
+        x, k = torch.cat([x, new.narrow(dim, keep, window - keep)], dim=dim), k + 1
+    x = x.narrow(dim, 0, wanted).cpu()
+    data = modality.restore(modality.decode(x), loaded, continuation_mask(x.shape[1:], window, time_dim=dim - 1))
+    log.info("extended %s by %s %s into %s", cfg.init, cfg.extend, modality.time_unit, out)
+    return _write(modality, data, None if y is None else y.cpu(), model.class_names, out)
+
+
+def _write_trajectories(modality: Modality, trajectory: Trajectory, x: torch.Tensor, cfg, out: Path) -> list[Path]:
+    """trajectory.png (x after each kept step), trajectory_denoised.png (the estimates) and forward.png
+    (the same samples noised step by step at the same levels), each a row per sample (up to 8)."""
+    rows = min(len(x), 8)
+    paths = []
+    for key, name in (("x", "trajectory"), ("denoised", "trajectory_denoised")):
+        paths.append(_strip(modality, trajectory.stack(key)[:, :rows], trajectory.levels(key), out / f"{name}.png"))
+    forward_sigmas = trajectory.levels("x").flip(0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    forward = forward_process(x[:rows], forward_sigmas.to(x.dtype), generator=gen).frames
+    paths.append(_strip(modality, forward, forward_sigmas, out / "forward.png"))
+    return paths
+
+
+def _strip(modality: Modality, frames: torch.Tensor, levels: torch.Tensor, path: Path) -> Path:
+    """[F, R, *shape] frames (model space) -> a grid with a row per sample, its F frames left to right; the
+    row label names the sample, and the noise levels go in a text file beside the image."""
+    F, R = frames.shape[:2]
+    flat = frames.transpose(0, 1).reshape(F * R, *frames.shape[2:])
+    labels = torch.arange(R).repeat_interleave(F)
+    modality.write_grid(modality.decode(flat), labels, [f"sample {r}" for r in range(R)], path)
+    path.with_suffix(".txt").write_text("sigma per column: " + ", ".join(f"{s:.4g}" for s in levels.tolist()) + "\n")
+    return path
+
