@@ -2,13 +2,15 @@
 
 - class accuracy: a logistic-regression classifier on log-mel features (32 bands averaged over 8
   time segments, relative to the clip's peak) labels the class-conditional samples. It is fitted on
-  the training data and checked on held-out data (notes: another synthesis seed; FSDD: the test
-  split), both passed through the checkpoint's representation and back, so that what the
-  representation loses (Griffin-Lim's phase for mel) is not counted against the model: the held-out
-  accuracy is the ceiling a perfect model of that representation would reach;
+  the training split and checked on the held-out test split (notes: the same notes with variations
+  that training never sees; FSDD: recordings 0-4 of every digit and speaker), both passed through the
+  checkpoint's representation and back, so that what the representation loses (Griffin-Lim's phase
+  for mel) is not counted against the model: the held-out accuracy is the ceiling a perfect model of
+  that representation would reach;
 - notes only, pitch stability: librosa.pyin's f0 track over the sustained part of each clip
   (50-350 ms): the share of voiced frames, the standard deviation of f0 in cents (real notes: vibrato
-  of at most 10 cents), and the distance of the median f0 to the nearest semitone.
+  of at most 10 cents), and the distance of the median f0 to the nearest semitone; the real clips'
+  figures are those of a quarter of the held-out test split.
 
 Usage: python benchmarks/audio_quality.py CHECKPOINT [n_per_class] [sampler] [steps] [guidance]
 """
@@ -25,11 +27,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmdiff.build import build_denoiser, build_modality, build_sigmas
+from mmdiff.build import build_dataset, build_denoiser, build_modality, build_sigmas
 from mmdiff.checkpoint import load_checkpoint
-from mmdiff.data.audio import load_fsdd
-from mmdiff.data.notes import load_notes
-from mmdiff.sample import generate
+from mmdiff.generate import Guidance, from_noise, generate
 
 
 def features(waves: np.ndarray, rate: int) -> np.ndarray:
@@ -53,20 +53,17 @@ def pitch_stats(waves: np.ndarray, rate: int) -> dict:
             "semitone_dev_cents": float(np.median(detune)) if detune else None}
 
 
-def reference_sets(dataset_cfg: dict):
-    """(train, held-out) datasets of the kind the checkpoint was trained on."""
-    if dataset_cfg["_target_"].endswith("load_notes"):
-        options = {k: v for k, v in dataset_cfg.items() if k not in ("_target_", "seed")}
-        return load_notes(**options, seed=0), load_notes(**options, seed=1)
-    options = {k: v for k, v in dataset_cfg.items() if k not in ("_target_", "split")}
-    return load_fsdd(**options, split="train"), load_fsdd(**options, split="test")
+def reference_sets(run_cfg: dict):
+    """The train and (held-out) test splits of the dataset the checkpoint was trained on."""
+    return tuple(build_dataset(run_cfg | {"dataset": run_cfg["dataset"] | {"split": split}})
+                 for split in ("train", "test"))
 
 
 def main(path: str, per_class: int = 25, sampler: str = "dpmpp_2m", steps: int = 20, guidance: float = 1.5) -> dict:
     ckpt = load_checkpoint(path)
     modality = build_modality(ckpt.config["modality"])
     rate, length = modality.sample_rate, round(ckpt.config["dataset"]["seconds"] * modality.sample_rate)
-    train, held_out = reference_sets(ckpt.config["dataset"])
+    train, held_out = reference_sets(ckpt.config)
 
     def round_trip(data):
         return modality.decode(modality.encode(data))[:, 0, :length].numpy()
@@ -82,17 +79,18 @@ def main(path: str, per_class: int = 25, sampler: str = "dpmpp_2m", steps: int =
     labels = torch.arange(k).repeat_interleave(per_class)
     sigmas = build_sigmas({"schedule": "karras", "schedule_options": {"rho": 7.0}}, steps, ckpt.config["diffusion"])
     t = time.perf_counter()
-    x = generate(denoiser, shape=ckpt.data["shape"], labels=labels, n=len(labels), sampler=sampler, sigmas=sigmas,
-                 guidance=guidance, null_label=k, seed=777, batch_size=50)
+    x = generate(denoiser, from_noise(ckpt.data["shape"], sampler, sigmas), n=len(labels), labels=labels,
+                 null_label=k, guidance=Guidance(guidance), seed=777, batch_size=50, device="cpu")
     seconds = time.perf_counter() - t
     waves = modality.decode(x)[:, 0, :length].numpy()
     result = {"step": ckpt.step, "dataset": ckpt.data.get("dataset"),
               "representation": ckpt.config["modality"].get("representation"), "sampler": sampler, "steps": steps,
               "guidance": guidance, "class_accuracy": float((clf.predict(features(waves, rate)) == labels.numpy()).mean()),
-              "ceiling_held_out_real_round_trip": ceiling, "sampling_seconds": round(seconds, 1)}
+              "ceiling_held_out_real_round_trip": ceiling, "held_out": f"test split ({len(held_out)} clips)",
+              "sampling_seconds": round(seconds, 1)}
     if ckpt.data.get("dataset") == "notes":
         result |= {f"generated_{k}": v for k, v in pitch_stats(waves, rate).items()}
-        result |= {f"real_{k}": v for k, v in pitch_stats(train.data[::4, 0].numpy(), rate).items()}
+        result |= {f"real_{k}": v for k, v in pitch_stats(held_out.data[::4, 0].numpy(), rate).items()}
     print(result)
     return result
 

@@ -1,8 +1,8 @@
 """Round trip (audio -> representation -> audio) of each audio representation, and its model-space scale.
 
 On the FSDD test split (300 spoken digits, 8 kHz, as recorded) and on the built-in notes dataset
-(``dataset=notes`` defaults: 384 clips of 0.5 s), per clip: encode, decode, cut back to the clip's
-length, then
+(``dataset=notes`` defaults, its train split: 384 clips of 0.5 s), per clip: encode, decode, cut back to
+the clip's length, then
 - SNR (dB) of the waveform (``spectral.snr_db``),
 - magnitude SNR (dB): ``snr_db`` of the STFT magnitudes (512-sample windows, hop 128), which ignores phase,
 - LSD (dB, ``spectral.log_spectral_distance``),

@@ -2,8 +2,9 @@
 
 Both train on the same data for the same wall-clock budget (``--minutes``, default 5) with the same torch
 thread count, then draw 900 samples each, and both sample sets are scored with the same digits FD: mmdiff's
-evaluator features and the protocol of ``mmdiff.eval.evaluate.evaluate`` (reference: half B of the 1,797
-real digits; floor: half A against half B). The figure of merit is the gap FD - floor.
+evaluator features and the protocol of ``mmdiff.eval.evaluate.evaluate`` (reference: half B of the 364
+held-out digits of the test split, which neither model trains on; floor: half A against half B). The
+figure of merit is the gap FD - floor.
 
 - mmdiff: its default config (``python -m mmdiff``: the 1.08M-parameter class-conditional U-Net, EDM,
   batch 128, lr 2e-3, EMA) through ``mmdiff.api.train`` with ``trainer.max_seconds`` = the budget.
@@ -12,12 +13,13 @@ real digits; floor: half A against half B). The figure of merit is the gap FD - 
   of dropped labels); ``--mmdiff-runs unconditional`` trains ``model.num_classes=0`` instead (or as well).
 - denoising-diffusion-pytorch: its ``Unet`` (``--ddpm-dim 24 --ddpm-mults 1 2 3``: 1.13M parameters, 3
   levels 8x8 -> 4x4 -> 2x2; it is unconditional) inside its ``GaussianDiffusion`` with the defaults (1000
-  steps, sigmoid schedule, v-prediction), on the same 8x8 digits in [0, 1]. Its ``Trainer`` needs image
-  folders and accelerate, so a short loop here does what it does: the diffusion's forward loss, gradient
-  clipping at 1, and its EMA (ema_pytorch, beta 0.995, every 10 steps; sampled from); with mmdiff's
-  optimizer settings: AdamW, lr 2e-3, betas (0.9, 0.99), batch 128, 200 warm-up steps, batches drawn
-  without replacement. Sampled with ``diffusion.sample``: DDIM (eta 0) with ``--ddpm-sampling-steps``
-  steps (default 250; 1000 = its ancestral DDPM sampler).
+  steps, sigmoid schedule, v-prediction), on the same 8x8 digits in [0, 1] (the 1,433 of the train split,
+  as mmdiff's default config). Its ``Trainer`` needs image folders and accelerate, so a short loop here
+  does what it does: the diffusion's forward loss, gradient clipping at 1, and its EMA (ema_pytorch, beta
+  0.995, every 10 steps; sampled from); with mmdiff's optimizer settings: AdamW, lr 2e-3, betas (0.9,
+  0.99), batch 128, 200 warm-up steps, batches drawn without replacement. Sampled with
+  ``diffusion.sample``: DDIM (eta 0) with ``--ddpm-sampling-steps`` steps (default 250; 1000 = its
+  ancestral DDPM sampler).
 
 Each training budget counts the training loop only (as mmdiff's trainer.max_seconds does; mmdiff's loop
 includes its periodic preview grids and checkpoints), not building, sampling or scoring.
@@ -57,7 +59,8 @@ def n_params(module: torch.nn.Module) -> int:
 def score(real, images: torch.Tensor, labels, evaluator) -> dict:
     """FD (and its floor, KID, precision/recall, class accuracy with labels) by mmdiff's evaluate()."""
     from mmdiff.eval.evaluate import evaluate
-    result = evaluate(real, images, labels, "image", evaluator)
+    from mmdiff.modalities.image import ImageModality
+    result = evaluate(real, images, labels, ImageModality(), evaluator)
     m = result["metrics"]
     out = {"fd": m["fd"]["samples"], "floor": m["fd"]["floor"], "kid_x1e3": m["kid"]["samples"] * 1e3,
            "precision": m["precision"]["samples"], "recall": m["recall"]["samples"]}
@@ -74,7 +77,7 @@ def run_mmdiff(seconds: float, threads: int, n: int, out: Path, real, evaluator,
     overrides = [f"trainer.max_seconds={seconds}", f"trainer.num_threads={threads}", "trainer.progress=false", *extra]
     print(f"mmdiff: training, overrides {overrides}", flush=True)
     done = DoneRecord()
-    logger = logging.getLogger("mmdiff.train")
+    logger = logging.getLogger("mmdiff.tasks.train")
     logger.addHandler(done)
     logger.setLevel(logging.INFO)
     t = time.perf_counter()
@@ -83,7 +86,8 @@ def run_mmdiff(seconds: float, threads: int, n: int, out: Path, real, evaluator,
     finally:
         logger.removeHandler(done)
     wall = time.perf_counter() - t
-    steps, samples_seen, loop = done.args[:3]  # the trainer's "done: %d steps (%d samples) in %.1f s" line
+    # the trainer's "done: %d steps (%d samples, %d skipped) in %.1f s" line
+    steps, samples_seen, _, loop = done.args[:4]
     model = api.Model.from_checkpoint(ckpt)
     torch.set_num_threads(threads)
     train = {"params": n_params(model.denoiser), "steps": steps, "loop_seconds": round(loop, 1),
@@ -108,7 +112,7 @@ def run_mmdiff(seconds: float, threads: int, n: int, out: Path, real, evaluator,
 
 # --- denoising-diffusion-pytorch ------------------------------------------------------------------
 
-def run_ddpm(seconds: float, threads: int, n: int, real, evaluator, args) -> list[dict]:
+def run_ddpm(seconds: float, threads: int, n: int, train, real, evaluator, args) -> list[dict]:
     import denoising_diffusion_pytorch.denoising_diffusion_pytorch as ddp
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
@@ -116,7 +120,7 @@ def run_ddpm(seconds: float, threads: int, n: int, real, evaluator, args) -> lis
     ddp.tqdm = lambda it, **kwargs: it  # its sampling loops print a progress bar per call
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    data = real.data.clone()  # [N, 1, 8, 8] in [0, 1]: GaussianDiffusion normalises to [-1, 1] itself
+    data = train.data.clone()  # [N, 1, 8, 8] in [0, 1]: GaussianDiffusion normalises to [-1, 1] itself
     unet = Unet(dim=args.ddpm_dim, dim_mults=tuple(args.ddpm_mults), channels=data.shape[1])
     diffusion = GaussianDiffusion(unet, image_size=data.shape[-1], timesteps=1000)
     opt = torch.optim.AdamW(diffusion.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -191,14 +195,16 @@ def main() -> None:
 
     from mmdiff.data.images import load_digits
     from mmdiff.eval.evaluator import load_or_train_evaluator
+    from mmdiff.modalities.image import ImageModality
 
     torch.set_num_threads(args.threads)
     seconds = args.minutes * 60
     header = (f"torch {torch.__version__}, denoising-diffusion-pytorch {version('denoising-diffusion-pytorch')}, "
-              f"{args.threads} threads; budget {seconds:.0f} s of training each; {args.n} samples each")
+              f"{args.threads} threads; budget {seconds:.0f} s of training each (train split); {args.n} samples each, "
+              "FD against the held-out test split")
     print(header, flush=True)
-    real = load_digits(8)
-    evaluator = load_or_train_evaluator(real, kind="image")
+    train, real = load_digits(8, split="train"), load_digits(8, split="test")  # real: the held-out reference
+    evaluator = load_or_train_evaluator(train, ImageModality(), held_out_data=real)
     torch.set_num_threads(args.threads)
     print(f"evaluator: held-out accuracy {evaluator.held_out_accuracy:.4f} ({evaluator.path})", flush=True)
 
@@ -210,7 +216,7 @@ def main() -> None:
             results += run_mmdiff(seconds, args.threads, args.n, args.out / "mmdiff_uncond", real, evaluator,
                                   ["model.num_classes=0"])
     if "ddpm" not in args.skip:
-        results += run_ddpm(seconds, args.threads, args.n, real, evaluator, args)
+        results += run_ddpm(seconds, args.threads, args.n, train, real, evaluator, args)
 
     lines = ["| model | params | train steps | loop s | images/s | sampler | sample s | FD | floor | gap = FD - floor |",
              "|---|---|---|---|---|---|---|---|---|---|"]

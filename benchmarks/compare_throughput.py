@@ -4,7 +4,8 @@ What is measured, per model size, at batch 32 on 32x32x3 images (CIFAR-like), un
 one full training step = forward, loss, backward, gradient clipping (max norm 1) and an AdamW step.
 
 - mmdiff: ``mmdiff.models.unet.UNet`` inside its EDM preconditioning (``build_denoiser``), with the EDM
-  loss of ``mmdiff.train`` (log-normal sigma, EDM weighting): the lines of its training step, less EMA.
+  loss of ``mmdiff.tasks.train`` (log-normal sigma, EDM weighting): the lines of its training step, less
+  EMA.
 - diffusers: ``UNet2DModel`` with the same layout (widths, 2 residual blocks per level, attention at the
   16x16 level and in the middle, 32 channels per head, the same GroupNorm groups) and
   ``resnet_time_scale_shift="scale_shift"`` (ADM's conditioning, as mmdiff's), trained with the eps loss of
@@ -23,9 +24,9 @@ matmul peaks are the best of several 2048x2048 matmuls in float32 and bfloat16; 
 is printed beside them, since the share of the "peak" can pass 100 % (see ``conv_rate``).
 
 ``--quality`` adds the bf16 sample-quality check: two digits trainings of the default config with the
-same trainer.max_steps, fp32 and bf16, each scored by ``python -m mmdiff mode=eval ... n=900`` (digits FD
-and its real-vs-real floor) at guidance 1.5 and 0, once per sampling seed (the same seeds for both), and
-compared by the paired difference.
+same trainer.max_steps, fp32 and bf16 (on the train split), each scored by ``python -m mmdiff mode=eval ...
+n=900`` (digits FD against the held-out test split, and its real-vs-real floor) at guidance 1.5 and 0,
+once per sampling seed (the same seeds for both), and compared by the paired difference.
 
 Usage (the benchmark venv: pip install -e ".[bench]"):
     python benchmarks/compare_throughput.py [--threads 2] [--steps 10] [--quality [--quality-steps 1500]
@@ -158,7 +159,7 @@ def mmdiff_runner(widths: list[int], groups: int, precision: str, batch: int, ch
     noise_levels = _instantiate(cfg.diffusion.noise, "diffusion.noise")
     weighting = _instantiate(cfg.diffusion.weighting, "diffusion.weighting")
 
-    def loss_fn(model, x0, gen, autocast):  # mmdiff/train.py's train_step, one micro-batch, no labels
+    def loss_fn(model, x0, gen, autocast):  # mmdiff/tasks/train.py's train_step, one micro-batch, no labels
         sigma = noise_levels(len(x0), gen)
         noise = torch.randn(x0.shape, generator=gen)
         x_noisy = x0 + append_dims(sigma, x0.ndim) * noise
@@ -238,7 +239,8 @@ def quality(steps: int, out_dir: Path, threads: int, seeds: list[int], guidances
                  "trainer.max_seconds=100000", f"trainer.num_threads={threads}", "trainer.progress=false",
                  f"hydra.run.dir={run}"]
         _run(train, f"{run}.train.log")
-        done = re.findall(r"done: (\d+) steps \((\d+) samples\) in ([\d.]+) s", Path(f"{run}.train.log").read_text())
+        done = re.findall(r"done: (\d+) steps \((\d+) samples, \d+ skipped\) in ([\d.]+) s",
+                          Path(f"{run}.train.log").read_text())
         step, samples, loop = done[-1]
         runs[precision] = {"run": run, "step": int(step), "train_seconds": float(loop),
                            "images_per_s": int(samples) / float(loop), "scores": {}}
@@ -255,7 +257,8 @@ def quality(steps: int, out_dir: Path, threads: int, seeds: list[int], guidances
                     {"seed": seed, "fd": metrics["fd"]["samples"], "accuracy": metrics.get("accuracy", {}).get("samples")})
 
     lines = [f"training: fp32 {runs['fp32']['images_per_s']:.0f} images/s, bf16 {runs['bf16']['images_per_s']:.0f} "
-             f"images/s ({runs['fp32']['step']} steps each); FD floor (real vs real) {floor:.3f}; seeds {seeds}", "",
+             f"images/s ({runs['fp32']['step']} steps each); FD against the held-out test split, floor (real vs real) "
+             f"{floor:.3f}; seeds {seeds}", "",
              "| guidance | fp32 FD mean (sd) | bf16 FD mean (sd) | bf16 / fp32 | paired bf16 - fp32 (se) | "
              "class accuracy fp32 / bf16 | bf16 no worse |", "|---|---|---|---|---|---|---|"]
     summary = {}

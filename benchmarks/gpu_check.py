@@ -18,10 +18,9 @@ import tempfile
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from mmdiff.cli import config_path
-from mmdiff.train import train
+from mmdiff.config import compose
+from mmdiff.tasks.train import train
 
 MODEL = ["model.channels=64", "model.channel_mult=[1,2,2]", "model.attn_levels=[1,2]", "dataset.size=32",
          "trainer.batch_size=128", "trainer.log_every=10", "trainer.sample_every=0", "trainer.checkpoint_every=0",
@@ -35,8 +34,8 @@ SETTINGS = {
 
 def run(name: str, overrides: list[str], steps: int) -> dict:
     import csv
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=config_path(), version_base="1.3"):
-        cfg = compose("config", overrides=MODEL + overrides + [f"trainer.max_steps={steps}", "device=cuda"])
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose(MODEL + overrides + [f"trainer.max_steps={steps}", "device=cuda"])
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         train(cfg, tmp)

@@ -6,8 +6,9 @@ Two problems, the same grid of samplers x NFE budgets (5, 10, 20, 50):
   Frechet distance between 4,000 samples and 20,000 exact draws from the mixture (every sampler), beside
   the FD of 4,000 exact draws (the floor).
 - ``digits``: a trained digits checkpoint. Quality: the FD in the feature space of mmdiff's own evaluator
-  (mmdiff.eval, as mode=eval), 90 samples per class at guidance 1.5, against one half of the real digits,
-  beside the real-vs-real floor; and the evaluator's class accuracy. The reference row is 250-step Heun.
+  (mmdiff.eval, as mode=eval), 90 samples per class at guidance 1.5, against one half of the held-out test
+  split (the reference mode=eval picks: digits the model never trained on), beside the real-vs-real floor
+  (the other half); and the evaluator's class accuracy. The reference row is 250-step Heun.
 
 Each sampler runs with the options of its conf/sampler/<name>.yaml (what `sampler=NAME` gives on the
 CLI) and the Karras schedule (rho 7); its number of steps is the largest whose NFE fits the budget.
@@ -138,14 +139,17 @@ def gmm_problem(n: int = 4000) -> dict:
 
 def digits_problem(checkpoint: str, per_class: int = 90, guidance: float = 1.5) -> dict:
     from mmdiff.api import Model
-    from mmdiff.build import build_dataset
-    from mmdiff.eval.evaluate import as_data, split_halves
+    from mmdiff.eval.evaluate import split_halves
     from mmdiff.eval.evaluator import load_or_train_evaluator
+    from mmdiff.tasks.eval import reference_data
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = Model.from_checkpoint(checkpoint)
-    real = build_dataset(OmegaConf.create(model.config))
-    evaluator = load_or_train_evaluator(real, kind="image")
+    train, real, described = reference_data(model.config, {})
+    if real is None:
+        raise SystemExit(f"{checkpoint} was trained on a split with no held-out part: train on dataset.split=train")
+    print(f"reference: {described}, {len(real)} digits", flush=True)
+    evaluator = load_or_train_evaluator(train, model.modality, held_out_data=real)
     half_a, half_b = split_halves(len(real))
     feats = evaluator.features(real.data).double().numpy()
     ref = feats[half_b.numpy()]
@@ -155,7 +159,7 @@ def digits_problem(checkpoint: str, per_class: int = 90, guidance: float = 1.5) 
     fit_labels = torch.arange(256) % 10
 
     def score(x, name):
-        data = as_data(model.decode(x), "image", like=real.data)
+        data = model.modality.eval_data(model.decode(x), real.shape)
         acc = float((evaluator.predict(data) == labels).float().mean())
         return {"fd": fd(ref, evaluator.features(data).double().numpy()), "fd_floor": floor, "accuracy": acc}
     d = model.config["diffusion"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 from typing import Any
 
 import torch
@@ -19,12 +18,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from .core.context import channels as context_channels
 from .core.precond import Precond
 from .core.samplers import SAMPLERS
 from .core.schedules import DISCRETE, FITTED, SCHEDULES, get_sigmas, respaced
 from .data.dataset import Dataset
 from .errors import UserError
 from .modalities.base import Modality
+from .models.unet import Resampling
 
 MODES = ("train", "sample", "eval", "train_evaluator", "fit_schedule")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,6 +90,9 @@ def check_run_config(cfg: DictConfig) -> None:
         if t.channels_last and cfg.model.get("dims") not in CHANNELS_LAST:
             raise UserError(f"trainer.channels_last=true is for 2-D and 3-D models (model.dims={cfg.model.get('dims')}): "
                             "drop it")
+        if t.channels_last and cfg.model.get("dims") == 3 and cfg.model.get("temporal") == "factorized":
+            raise UserError("trainer.channels_last=true is for networks whose convolutions have the data's rank; a "
+                            "factorized video net runs 2-D convolutions on frames: drop it, or use model=video_unet_3d")
     if cfg.mode in ("train", "train_evaluator"):
         check_dataset_modality(cfg)
 
@@ -109,12 +113,15 @@ def check_sampling_config(cfg: DictConfig) -> None:
 
 # --- data and modality ---------------------------------------------------------------------------
 
-def total_downsampling(model_cfg: DictConfig | dict) -> int:
-    """The factor by which a U-Net config shrinks each spatial dim (what inputs must be a multiple of)."""
-    levels = len(model_cfg["channel_mult"])
-    factors = model_cfg.get("down_factors", 2)
-    total = factors ** (levels - 1) if isinstance(factors, int) else math.prod(factors)
-    return total * model_cfg.get("patch_size", 1)
+def total_downsampling(model_cfg: DictConfig | dict) -> int | tuple[int, ...]:
+    """The factor by which a U-Net config shrinks each spatial dim (what inputs must be a multiple of): an
+    int, or a tuple of per-axis totals when the config gives ``down_factors`` or ``patch_size`` per axis
+    (video: ``[[1, 2, 2]]`` keeps time). The U-Net's own rule (``mmdiff.models.unet.Resampling``)."""
+    try:
+        return Resampling.from_config(model_cfg.get("dims", 2), len(model_cfg["channel_mult"]),
+                                      model_cfg.get("down_factors", 2), model_cfg.get("patch_size", 1)).total
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def modality_class(modality_cfg: DictConfig | dict) -> type[Modality]:
@@ -183,14 +190,23 @@ def data_info(x: torch.Tensor, dataset) -> dict:
 
 # --- model and denoiser --------------------------------------------------------------------------
 
-def resolve_model_config(model_cfg: DictConfig | dict, info: dict) -> dict:
-    """Fill the model's ``auto`` options from the data and check that the network can take it."""
+def resolve_model_config(model_cfg: DictConfig | dict, info: dict, context: DictConfig | dict | None = None) -> dict:
+    """Fill the model's ``auto`` options from the data (and the ``time_context`` node: the extra input channels
+    of conditioning on known time steps) and check that the network can take it."""
     m = to_container(model_cfg)
     shape = info["shape"]
     if m.get("in_channels") == "auto":
         m["in_channels"] = shape[0]
     if m.get("num_classes") == "auto":
         m["num_classes"] = len(info["class_names"])
+    wants_context = bool(context and context.get("enabled"))
+    if m.get("cond_channels") == "auto":
+        m["cond_channels"] = context_channels(shape[0]) if wants_context else 0
+    if wants_context and m.get("cond_channels") != context_channels(shape[0]):
+        raise UserError(f"time_context.enabled=true needs a model with model.cond_channels=auto "
+                        f"({context_channels(shape[0])} extra input channels), this one has "
+                        f"{m.get('cond_channels', 0)}: use a model config with cond_channels (e.g. model=video_unet) or "
+                        "drop time_context.enabled")
     if m.get("in_channels") != shape[0]:
         raise UserError(f"model.in_channels={m.get('in_channels')} but the data has {shape[0]} channel(s): "
                         "use model.in_channels=auto")

@@ -36,9 +36,12 @@ class Guidance:
                    None if interval is None else (float(interval[0]), float(interval[1])),
                    cfg.get("dynamic_threshold"))
 
-    def bind(self, denoiser, labels: torch.Tensor | None, null_label: int | None):
-        """The ``denoiser(x, sigma)`` the samplers call, with ``labels`` and these options bound in."""
-        d = CFGDenoiser(denoiser, labels, self.scale, null_label, rescale=self.rescale, interval=self.interval)
+    def bind(self, denoiser, labels: torch.Tensor | None, null_label: int | None,
+             conditions: dict[str, torch.Tensor] | None = None):
+        """The ``denoiser(x, sigma)`` the samplers call, with ``labels``, other per-sample ``conditions`` (see
+        CFGDenoiser) and these options bound in."""
+        d = CFGDenoiser(denoiser, labels, self.scale, null_label, rescale=self.rescale, interval=self.interval,
+                        conditions=conditions)
         return DynamicThreshold(d, percentile=self.threshold) if self.threshold else d
 
 
@@ -63,14 +66,17 @@ Solve = Callable[[Callable, slice, list[torch.Generator]], torch.Tensor]
 
 @torch.no_grad()
 def generate(denoiser, solve: Solve, *, n: int, labels: torch.Tensor | None, null_label: int | None,
-             guidance: Guidance, seed: int, batch_size: int, device: torch.device | str) -> torch.Tensor:
+             guidance: Guidance, seed: int, batch_size: int, device: torch.device | str,
+             conditions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """n results of ``solve(model, part, generators)`` for consecutive batches (see :func:`batched`),
-    where ``model`` is the denoiser with labels[part] and ``guidance`` bound in. Returns [n, ...] on the CPU."""
+    where ``model`` is the denoiser with labels[part], conditions[...][part] (other per-sample inputs, e.g.
+    known frames) and ``guidance`` bound in. Returns [n, ...] on the CPU."""
     device = torch.device(device)
 
     def run(part, gens):
         y = None if labels is None else labels[part].to(device)
-        return solve(guidance.bind(denoiser, y, null_label), part, gens)
+        bound = {k: v[part].to(device) for k, v in (conditions or {}).items()}
+        return solve(guidance.bind(denoiser, y, null_label, bound), part, gens)
 
     return batched(n, batch_size, seed, run)
 

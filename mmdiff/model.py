@@ -19,9 +19,23 @@ import torch
 from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels, schedule_key
 from .checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
 from .config import defaults
+from .core.context import context_input
+from .core.editing import inpaint
 from .core.samplers import SAMPLERS
 from .errors import UserError
 from .generate import Guidance, from_noise, generate
+
+
+EDIT_METHODS = ("auto", "condition", "repaint")
+
+
+def known_steps(keep: torch.Tensor, shape, time_dim: int | None) -> torch.Tensor | None:
+    """[T] bool when the mask ``keep`` (broadcastable to [*shape]) keeps whole steps of the time axis, else None."""
+    if time_dim is None:
+        return None
+    full = keep.expand(*shape) if keep.ndim == len(shape) else keep.expand(1, *shape)[0]
+    steps = full.movedim(time_dim - 1, 0).flatten(1)
+    return steps[:, 0].cpu() if bool((steps == steps[:, :1]).all()) else None
 
 
 def sampler_defaults(sampler: str) -> dict:
@@ -66,6 +80,11 @@ class Model:
     def null_label(self) -> int:
         return len(self.class_names)
 
+    @property
+    def takes_context(self) -> bool:
+        """Whether the model was trained to condition on known time steps (``time_context``)."""
+        return bool((self.config.get("time_context") or {}).get("enabled"))
+
     def labels(self, value: Any, n: int) -> torch.Tensor | None:
         """Labels for n samples: None (a block of ceil(n / classes) per class: the grid rows), or a class index
         or name, or a list."""
@@ -78,10 +97,49 @@ class Model:
         return build_sigmas({"name": sampler, "schedule": schedule, "schedule_options": schedule_options}, steps,
                             self.config["diffusion"], self.schedules)
 
-    def guided(self, labels: torch.Tensor | None, guidance: Guidance | float = 1.0):
-        """The denoiser(x, sigma) the samplers call, with labels and guidance bound in."""
+    def guided(self, labels: torch.Tensor | None, guidance: Guidance | float = 1.0,
+               conditions: dict[str, torch.Tensor] | None = None):
+        """The denoiser(x, sigma) the samplers call, with labels, other conditions (``cond``: see
+        :meth:`context`) and guidance bound in."""
         guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
-        return guidance.bind(self.denoiser, None if labels is None else labels.to(self.device), self.null_label)
+        bound = {k: v.to(self.device) for k, v in (conditions or {}).items()}
+        return guidance.bind(self.denoiser, None if labels is None else labels.to(self.device), self.null_label, bound)
+
+    def completion(self, x_known: torch.Tensor, keep: torch.Tensor, sampler: str, sigmas: torch.Tensor,
+                   options: dict | None = None, *, method: str = "auto", resample: int = 1, callback=None):
+        """How to fill in the parts of ``x_known`` [n, *shape] (model space) that the mask ``keep`` (True = known,
+        broadcastable to [*shape]) leaves out: (solve, conditions, description) for
+        :func:`mmdiff.generate.generate`. A mask of whole time steps is filled by conditioning on them when the
+        model was trained with ``time_context``; anything else by RePaint inpainting (Lugmayr et al. 2022).
+        ``method``: auto, condition or repaint."""
+        if method not in EDIT_METHODS:
+            raise UserError(f"edit_method={method} is unknown: use one of {', '.join(EDIT_METHODS)}")
+        if method == "condition" and not self.takes_context:
+            raise UserError("edit_method=condition needs a model trained with time_context.enabled=true; this one was "
+                            "not: use edit_method=repaint (or auto)")
+        known = known_steps(keep, self.shape, self.modality.time_dim(self.shape))
+        if method != "repaint" and self.takes_context and known is not None:
+            conditions = self.context(x_known, known)
+            solve = from_noise(self.shape, sampler, sigmas, options, device=self.device, callback=callback)
+            return solve, conditions, "conditioned on the known steps"
+        if method == "condition":
+            raise UserError("edit_method=condition conditions on whole known time steps: this mask is not one")
+        keep = keep.to(self.device)
+
+        def solve(denoiser, part, gens):
+            return inpaint(denoiser, x_known[part].to(self.device), keep, sigmas, resample=resample, sampler=sampler,
+                           generator=gens, callback=callback, **(options or {}))
+        return solve, None, "inpainted (RePaint)"
+
+    def context(self, x_known: torch.Tensor, known: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The conditions that give a model trained with ``time_context`` the steps ``known`` ([B, T] or [T]
+        bool, along the model space's time axis) of ``x_known`` [B, *shape] (model space): pass them to
+        :meth:`guided` or generate(conditions=...)."""
+        if not self.takes_context:
+            raise UserError("this model was trained without time_context: it cannot condition on known steps (use "
+                            "inpainting, or train with time_context.enabled=true)")
+        known = known.expand(x_known.shape[0], -1) if known.ndim == 1 else known
+        return {"cond": context_input(x_known, known, self.modality.time_dim(self.shape))}
 
     def _labels(self, labels: Any, n: int) -> torch.Tensor | None:
         if isinstance(labels, torch.Tensor) or (labels is None and not self.class_names):

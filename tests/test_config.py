@@ -6,6 +6,7 @@ import sys
 import zipfile
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -84,6 +85,17 @@ def test_schedule_options_are_added_with_plus_and_a_wrong_one_names_the_fix():
     with pytest.raises(UserError, match=r"log_uniform schedule takes no options: drop the others with "
                                         r"~sampler.schedule_options.rho"):
         build_sigmas(cfg.sampler, 5, cfg.diffusion)
+
+
+def test_ddpm_end_to_end_samples_its_own_discrete_levels():
+    from mmdiff.core.schedules import DiscreteVPSigma, respaced
+    cfg = compose_config(["diffusion=ddpm", "sampler=ddpm", "sampler.schedule=discrete", "steps=10"])
+    check_run_config(cfg)
+    sigmas = build_sigmas(cfg.sampler, 10, cfg.diffusion)
+    levels = DiscreteVPSigma("linear", 1000).sigmas
+    assert torch.equal(sigmas, respaced(10, levels)) and sigmas[0] == levels[-1].double()  # from sigma_max
+    with pytest.raises(UserError, match="this diffusion draws continuous ones: use it with diffusion=ddpm"):
+        build_sigmas(compose_config(["sampler.schedule=discrete"]).sampler, 10, compose_config([]).diffusion)
 
 
 def test_every_registered_sampler_has_a_config():

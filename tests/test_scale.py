@@ -116,3 +116,28 @@ def test_compiled_model_matches_eager(single, tmp_path):
 def test_bad_scale_options_are_refused(tmp_path, override, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train(compose_config(TINY + STEPS + [override]), tmp_path)
+
+
+# --- only where CUDA is present (tests/conftest.py skips them elsewhere, with a reason) ---------------
+
+@pytest.mark.gpu
+def test_fp16_trains_with_the_gradient_scaler_on_the_gpu(tmp_path, inside_forward):
+    train(compose_config(TINY + STEPS + ["device=cuda", "trainer.precision=fp16"]), tmp_path)
+    assert [dtype for dtype, _ in inside_forward[:4]] == [torch.float16] * 4
+    ckpt = load_checkpoint(tmp_path / "last.safetensors")
+    assert "scaler" in ckpt.extra and ckpt.extra["scaler"]["scale"] > 0  # the scaler's state is saved
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path))))
+
+
+@pytest.mark.gpu
+def test_resume_on_the_gpu_restores_the_cuda_rng(tmp_path):
+    # dropout draws from the CUDA generator: a resume that forgot its state would draw other masks
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    common = TINY + ["device=cuda", "model.dropout=0.2", "trainer.log_every=1"]
+    full = load_checkpoint(train(compose_config(common + ["trainer.max_steps=4"]), tmp_path / "full"))
+    train(compose_config(common + ["trainer.max_steps=2"]), tmp_path / "part")
+    resumed = load_checkpoint(train(compose_config(common + [
+        "trainer.max_steps=4", f"trainer.resume={tmp_path / 'part' / 'last.safetensors'}"]), tmp_path / "part"))
+    assert "cuda" in resumed.rng
+    for k, v in full.model.items():
+        assert torch.allclose(resumed.model[k], v, rtol=0, atol=1e-6), k

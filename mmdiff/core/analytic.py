@@ -59,3 +59,22 @@ class GaussianMixture:
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable component of each clean sample: [B]."""
         return self.responsibilities(x, torch.zeros(x.shape[0], dtype=x.dtype)).argmax(1)
+
+
+def rk4_in_lambda(denoiser, x: torch.Tensor, sigma_max: float, sigma_min: float, n: int) -> torch.Tensor:
+    """A fine reference solve of the probability-flow ODE (ground truth for the samplers' orders): classic RK4
+    on dx/dlambda = D(x; e^{-lambda}) - x (lambda = -log sigma), n uniform steps from sigma_max to sigma_min,
+    then x = D(x, sigma_min) (the last step to sigma = 0 of every sampler)."""
+    lam, lam_end = -math.log(sigma_max), -math.log(sigma_min)
+    h = (lam_end - lam) / n
+
+    def f(x, lam):
+        return denoiser(x, torch.full((x.shape[0],), math.exp(-lam), dtype=x.dtype)) - x
+
+    for _ in range(n):
+        k1 = f(x, lam)
+        k2 = f(x + h / 2 * k1, lam + h / 2)
+        k3 = f(x + h / 2 * k2, lam + h / 2)
+        k4 = f(x + h * k3, lam + h)
+        x, lam = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), lam + h
+    return denoiser(x, torch.full((x.shape[0],), sigma_min, dtype=x.dtype))

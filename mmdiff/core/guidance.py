@@ -28,29 +28,37 @@ class CFGDenoiser:
 
     ``interval`` (sigma_lo, sigma_hi) applies guidance only for sigma in (sigma_lo, sigma_hi]
     (Kynkäänniemi et al. 2024, Sec. 3); elsewhere the result is the conditional model, one call.
+
+    ``conditions``: other per-sample inputs of the denoiser (keyword tensors [B, ...], e.g. known video frames
+    as extra channels), bound like the labels and given to both branches: guidance is on the labels only.
     """
 
     def __init__(self, denoiser, labels: torch.Tensor | None, scale: float = 1.0, null_label: int | None = None, *,
-                 rescale: float = 0.0, interval: tuple[float, float] | None = None):
+                 rescale: float = 0.0, interval: tuple[float, float] | None = None,
+                 conditions: dict[str, torch.Tensor] | None = None):
         self.denoiser, self.labels, self.scale, self.null_label = denoiser, labels, float(scale), null_label
         self.rescale = float(rescale)
         self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
+        self.conditions = dict(conditions or {})
+
+    def _call(self, x, sigma, labels, twice: bool = False):
+        extra = {k: torch.cat([v, v]) if twice else v for k, v in self.conditions.items()}
+        return self.denoiser(x, sigma, labels, **extra)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.labels is None or self.scale == 1.0:
-            return self.denoiser(x, sigma, self.labels)
+            return self._call(x, sigma, self.labels)
         inside = None
         if self.interval is not None:
             lo, hi = self.interval
             inside = (sigma > lo) & (sigma <= hi)  # [B]
             if not inside.any():
-                return self.denoiser(x, sigma, self.labels)
+                return self._call(x, sigma, self.labels)
         null = torch.full_like(self.labels, self.null_label)
         if self.scale == 0.0 and self.rescale == 0.0 and (inside is None or inside.all()):
-            return self.denoiser(x, sigma, null)
-        cond, uncond = self.denoiser(
-            torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.labels, null])
-        ).chunk(2)
+            return self._call(x, sigma, null)
+        cond, uncond = self._call(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.labels, null]),
+                                  twice=True).chunk(2)
         guided = uncond + self.scale * (cond - uncond)
         if self.rescale != 0.0:
             guided = rescale_guidance(guided, cond, self.rescale)

@@ -43,7 +43,13 @@ class EDMWeighting:
 WEIGHTINGS = {"uniform": UniformTarget, "min_snr": MinSNR, "edm": EDMWeighting}
 
 
-def denoising_loss(denoised: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-sample weighted squared error, averaged over all non-batch dims: returns [B]."""
+def denoising_loss(denoised: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample weighted squared error, averaged over all non-batch dims, or over the elements where
+    ``mask`` (broadcastable to x0, 0/1) is 1, e.g. the unknown steps when others are given as context
+    (RaMViD's loss on the frames to generate): returns [B]."""
     err = (denoised.float() - x0.float()) ** 2
-    return weight * err.flatten(1).mean(1)
+    if mask is None:
+        return weight * err.flatten(1).mean(1)
+    mask = mask.float().expand_as(err)
+    return weight * (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)

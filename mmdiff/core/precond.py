@@ -34,11 +34,14 @@ class Precond(nn.Module):
     def c_noise(sigma: torch.Tensor) -> torch.Tensor:
         return sigma.log() / 4
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, C, *spatial]; sigma: [B] (or a scalar); returns the denoised estimate, shaped like x."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None,
+                **conditions) -> torch.Tensor:
+        """x: [B, C, *spatial]; sigma: [B] (or a scalar); returns the denoised estimate, shaped like x.
+        ``conditions`` (e.g. ``cond``: known frames as extra channels) go to the network as they are: they
+        are not part of x, so no scaling applies to them."""
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.scalings(sigma))
-        F_x = self.net(c_in * x, self.c_noise(sigma), labels)
+        F_x = self.net(c_in * x, self.c_noise(sigma), labels, **conditions)
         return c_skip * x + c_out * F_x.to(x.dtype)
 
     def target(self, x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

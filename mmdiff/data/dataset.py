@@ -19,6 +19,10 @@ class Dataset:
     name:        what it is, e.g. "digits", "mnist", "image_folder".
     cache:       the file ``data`` is memory-mapped from when the dataset is streamed (mmdiff.data.stream),
                  else None.
+    extras:      per-item attributes a loader knows besides the label, each [N, ...] (e.g. the velocity of
+                 a moving digit), for metrics and captions; carried by ``subset``.
+    window:      for data with a time axis whose items are longer than what the model trains on: the
+                 number of steps of the training window, drawn afresh per epoch (None: the whole item).
     """
 
     data: torch.Tensor
@@ -26,6 +30,8 @@ class Dataset:
     class_names: list[str]
     name: str
     cache: Path | None = field(default=None, compare=False)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
+    window: int | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim < 2:
@@ -36,6 +42,9 @@ class Dataset:
             raise ValueError(f"labels must be a 1-D int64 tensor, got {self.labels.dtype} {list(self.labels.shape)}")
         if len(self.data) != len(self.labels):
             raise ValueError(f"{len(self.data)} samples but {len(self.labels)} labels")
+        bad = [k for k, v in self.extras.items() if len(v) != len(self.labels)]
+        if bad:
+            raise ValueError(f"extras {bad} do not have one entry per sample ({len(self.labels)})")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got "
                              f"[{int(self.labels.min())}, {int(self.labels.max())}]")
@@ -64,4 +73,5 @@ class Dataset:
             indices = torch.as_tensor(indices)
             if indices.dtype != torch.bool:
                 indices = indices.to(torch.int64).reshape(-1)
-        return Dataset(self.data[indices], self.labels[indices], self.class_names, self.name)
+        return Dataset(self.data[indices], self.labels[indices], self.class_names, self.name,
+                       extras={k: v[indices] for k, v in self.extras.items()}, window=self.window)

@@ -41,7 +41,7 @@ from .scan import report_failures, try_load
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # of the cache's metadata file
+FORMAT = 2  # of the cache's metadata file (2: window and extras)
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Files:
     what: str                          # "image", "audio", ...: in messages about unreadable files
     root: Path | None = None           # where a cache may go (next to the data)
     options: dict = field(default_factory=dict)
+    window: int | None = None          # see Dataset.window
 
     def __len__(self) -> int:
         return len(self.items)
@@ -69,6 +70,7 @@ class Files:
         """sha256 of what decoding depends on: the files (name, size, modification time, class), the class
         names and the loader's options."""
         h = hashlib.sha256(json.dumps({"name": self.name, "classes": self.class_names, "options": self.options,
+                                       "window": self.window,
                                        "load": f"{getattr(self.load_one, 'func', self.load_one).__module__}."
                                                f"{getattr(self.load_one, 'func', self.load_one).__qualname__}"},
                                       sort_keys=True, default=str).encode())
@@ -89,7 +91,7 @@ class Files:
                 failures.append((path, why))
         report_failures(len(loaded), failures, self.what)
         return Dataset(torch.stack(loaded).to(torch.float32), torch.tensor(labels, dtype=torch.int64),
-                       self.class_names, self.name)
+                       self.class_names, self.name, window=self.window)
 
 
 def prepare(loaded: Dataset | Files, streaming: bool | str = "auto", *, stream_above_gb: float = 2.0,
@@ -120,9 +122,16 @@ def _paths(fingerprint: str, root, cache: str | None) -> tuple[Path, Path]:
 def _open(array: Path, meta: dict, name: str) -> Dataset:
     shape = (meta["n"], *meta["shape"])
     data = torch.from_numpy(np.memmap(array, np.float32, "c", shape=shape))  # "c": pages stay shared until written
-    ds = Dataset(data, torch.tensor(meta["labels"], dtype=torch.int64), meta["class_names"], name)
-    ds.cache = array
-    return ds
+    extras = {k: torch.tensor(v["values"], dtype=getattr(torch, v["dtype"])) for k, v in meta["extras"].items()}
+    return Dataset(data, torch.tensor(meta["labels"], dtype=torch.int64), meta["class_names"], name, cache=array,
+                   extras=extras, window=meta["window"])
+
+
+def _meta(dataset_like, n: int, shape, labels: list[int], skipped: int, extras: dict | None = None) -> dict:
+    return {"format": FORMAT, "n": n, "shape": list(shape), "labels": labels, "class_names": dataset_like.class_names,
+            "skipped": skipped, "window": dataset_like.window,
+            "extras": {k: {"values": v.tolist(), "dtype": str(v.dtype).removeprefix("torch.")}
+                       for k, v in (extras or {}).items()}}
 
 
 def _cached(array: Path, meta_path: Path, name: str) -> Dataset | None:
@@ -147,8 +156,9 @@ def _finish(array: Path, meta_path: Path, meta: dict, name: str) -> Dataset:
 
 def to_disk(dataset: Dataset, cache: str | None = None) -> Dataset:
     """An in-memory dataset written to (or found in) the disk cache, as a memory-mapped Dataset."""
-    h = hashlib.sha256(json.dumps([dataset.name, dataset.class_names, list(dataset.data.shape)]).encode())
-    for t in (dataset.data, dataset.labels):
+    h = hashlib.sha256(json.dumps([dataset.name, dataset.class_names, list(dataset.data.shape), dataset.window,
+                                   sorted(dataset.extras)]).encode())
+    for t in (dataset.data, dataset.labels, *dataset.extras.values()):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     array, meta_path = _paths(h.hexdigest(), None, cache)
     found = _cached(array, meta_path, dataset.name)
@@ -156,8 +166,7 @@ def to_disk(dataset: Dataset, cache: str | None = None) -> Dataset:
         return found
     with atomic_path(array) as tmp:
         dataset.data.detach().cpu().to(torch.float32).contiguous().numpy().tofile(tmp)
-    meta = {"format": FORMAT, "n": len(dataset), "shape": list(dataset.shape), "labels": dataset.labels.tolist(),
-            "class_names": dataset.class_names, "skipped": 0}
+    meta = _meta(dataset, len(dataset), dataset.shape, dataset.labels.tolist(), 0, dataset.extras)
     return _finish(array, meta_path, meta, dataset.name)
 
 
@@ -200,9 +209,7 @@ def decode_to_disk(files: Files, workers: int = 2, cache: str | None = None) -> 
             labels.append(label)
         out.flush()
         report_failures(len(labels), failures, files.what)
-    meta = {"format": FORMAT, "n": len(labels), "shape": shape, "labels": labels, "class_names": files.class_names,
-            "skipped": len(failures)}
-    return _finish(array, meta_path, meta, files.name)
+    return _finish(array, meta_path, _meta(files, len(labels), shape, labels, len(failures)), files.name)
 
 
 # --- reading batches for training ---------------------------------------------------------------------

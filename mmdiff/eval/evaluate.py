@@ -26,12 +26,13 @@ from ..data.dataset import Dataset
 from ..errors import UserError
 from ..modalities.base import Modality
 from .evaluator import Evaluator
-from .metrics import fd, kid, log_spectral_distance, multires_stft_distance, precision_recall
+from .metrics import fd, kid, log_spectral_distance, multires_stft_distance, precision_recall, wasserstein_1d
 
 # metric key -> (label in the table, what it measures); lower is better except where marked
 METRICS = {
     "fd": "FD (evaluator features)",
     "fad": "FAD (evaluator features)",
+    "fvd": "FVD (video evaluator features)",
     "kid": "KID x 1e3",
     "precision": "precision (k=3) ^",
     "recall": "recall (k=3) ^",
@@ -39,6 +40,9 @@ METRICS = {
     "fid_inception": "FID (Inception)",
     "multires_stft": "multi-res STFT distance",
     "lsd_db": "log-spectral distance (dB)",
+    "frame_fd": "per-frame FD (frame evaluator)",
+    "frame_identity": "same class in every frame ^",
+    "frame_accuracy": "requested class in every frame ^",
 }
 
 
@@ -72,7 +76,7 @@ def _feature_metrics(ref: np.ndarray, other: np.ndarray, fd_key: str, k: int, ki
 
 def evaluate(real: Dataset, fake: Tensor, fake_labels: Tensor | None, modality: Modality, evaluator: Evaluator, *,
              k: int = 3, kid_subsets: int = 100, kid_subset_size: int | None = None, seed: int = 0,
-             inception_weights: str | Path | None = None) -> dict:
+             inception_weights: str | Path | None = None, frame_evaluator: Evaluator | None = None) -> dict:
     """Every metric for samples ``fake`` (decoded data of ``modality``) against ``real`` (data the model
     should never have seen: a held-out split), each with its real-vs-real floor.
 
@@ -82,7 +86,10 @@ def evaluate(real: Dataset, fake: Tensor, fake_labels: Tensor | None, modality: 
     in Binkowski et al.'s code (with sets smaller than 1000, the whole smaller set every time: the std then
     shows only the resampling of the larger one). ``fake_labels`` [N] (the classes the samples were
     generated for) add the class accuracy under the evaluator. ``inception_weights`` adds Inception FID
-    (images; see mmdiff.eval.inception).
+    (images; see mmdiff.eval.inception). The modality's ``statistics`` (e.g. a clip's speed) are compared as
+    distributions (Wasserstein-1, ``w1_<name>``); for data made of frames, ``frame_evaluator`` (trained on
+    real frames) adds the per-frame FD and the share of items whose frames all show one class (and, with
+    labels, the requested one).
 
     Returns a JSON-able dict: ``metrics`` maps each metric to {"samples": value, "floor": value} (KID also
     has "samples_std" and "floor_std"), with the set sizes and the evaluator's description."""
@@ -113,11 +120,45 @@ def evaluate(real: Dataset, fake: Tensor, fake_labels: Tensor | None, modality: 
         ref_i, fake_i, floor_i = (inception_features(x, inception_weights)
                                   for x in (real.data[half_b], fake, real.data[half_a]))
         metrics["fid_inception"] = {"samples": fd(ref_i, fake_i), "floor": fd(ref_i, floor_i)}
+    stats_fake, stats_real = modality.statistics(fake), modality.statistics(real.data.float())
+    for name, values in stats_fake.items():
+        ref = stats_real[name][half_b]
+        metrics[f"w1_{name}"] = {"samples": wasserstein_1d(values, ref),
+                                 "floor": wasserstein_1d(stats_real[name][half_a], ref),
+                                 "samples_mean": float(values.mean()), "real_mean": float(stats_real[name].mean())}
+    if frame_evaluator is not None:
+        metrics |= _frame_metrics(real, fake, fake_labels, modality, frame_evaluator, half_a, half_b)
     return {"modality": modality.name, "dataset": real.name, "n_samples": len(fake), "n_real": len(real),
             "n_reference": len(half_b), "n_floor": len(half_a), "metrics": metrics,
             "evaluator": {"held_out_accuracy": evaluator.held_out_accuracy, "fingerprint": evaluator.fingerprint,
                           "feature_dim": evaluator.feature_dim,
                           "path": str(evaluator.path) if evaluator.path else None, **evaluator.info}}
+
+
+def _frame_metrics(real: Dataset, fake: Tensor, fake_labels: Tensor | None, modality: Modality,
+                   frame_evaluator: Evaluator, half_a: Tensor, half_b: Tensor) -> dict:
+    """Per-frame FD, and whether each item keeps one class (the requested one) in every frame."""
+    def frames(data: Tensor) -> tuple[Tensor, int]:
+        flat, _ = modality.frames(data)
+        return flat, len(flat) // len(data)
+
+    real_frames, per_item = frames(real.data.float())
+    fake_frames, _ = frames(fake)
+    feats = frame_evaluator.features(real_frames).double().numpy().reshape(len(real), per_item, -1)
+    ref = feats[half_b.numpy()].reshape(-1, feats.shape[-1])
+    fake_feats = frame_evaluator.features(fake_frames).double().numpy()
+    floor_feats = feats[half_a.numpy()].reshape(-1, feats.shape[-1])
+
+    def classes(flat: Tensor, n: int) -> Tensor:
+        return frame_evaluator.predict(flat).view(n, per_item)
+    fake_classes, real_classes = classes(fake_frames, len(fake)), classes(real_frames, len(real))[half_a]
+    same = lambda c: float((c == c[:, :1]).all(1).float().mean())  # noqa: E731
+    out = {"frame_fd": {"samples": fd(ref, fake_feats), "floor": fd(ref, floor_feats)},
+           "frame_identity": {"samples": same(fake_classes), "floor": same(real_classes)}}
+    if fake_labels is not None:
+        out["frame_accuracy"] = {"samples": float((fake_classes == fake_labels.cpu()[:, None]).all(1).float().mean()),
+                                 "floor": float((real_classes == real.labels[half_a][:, None]).all(1).float().mean())}
+    return out
 
 
 def evaluate_reconstructions(ref_waves: Tensor, est_waves: Tensor, sample_rate: int) -> dict:
@@ -157,11 +198,19 @@ def format_table(result: dict) -> str:
     rows = [("metric", "samples", floor)]
     for name, m in result["metrics"].items():
         scale = 1e3 if name == "kid" else 1.0
-        rows.append((METRICS.get(name, name), _fmt(m["samples"], m.get("samples_std"), scale),
+        label = METRICS.get(name) or (f"W1 of {name[3:]} (mean {m['samples_mean']:.3g}, real {m['real_mean']:.3g})"
+                                      if name.startswith("w1_") else name)
+        rows.append((label, _fmt(m["samples"], m.get("samples_std"), scale),
                      _fmt(m["floor"], m.get("floor_std"), scale)))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    if "prediction" in result:
+        p = result["prediction"]
+        lines.append(f"prediction of {p['predicted']} frames from {p['context']} ({p['n']} held-out clips, {p['k']} "
+                     f"samples each, {p['how']}): PSNR best {p['psnr_best']:.2f} dB / mean {p['psnr_mean']:.2f} dB "
+                     f"vs copying the last frame {p['psnr_copy_last']:.2f} dB; SSIM best {p['ssim_best']:.3f} / "
+                     f"mean {p['ssim_mean']:.3f} vs {p['ssim_copy_last']:.3f}")
     head = f"{result.get('n_samples')} samples"
     if "n_reference" in result:
         head += (f" of {result['modality']} vs {result['n_reference']} real ({result['dataset']}"

@@ -54,22 +54,33 @@ class EvaluatorNet(nn.Module):
     Stages of (conv 3, GroupNorm, SiLU) x 2 with ``channels[i]`` channels, each followed by 2x average
     pooling (skipped once a spatial dim is down to 1), then global average pooling, the feature layer
     (linear, ``feature_dim``) and, after a SiLU, the linear head. ``dims`` picks the convolution and
-    pooling classes, as in the U-Net (mmdiff.models.layers)."""
+    pooling classes, as in the U-Net (mmdiff.models.layers). ``factorized`` (3 dims, video): every 3x3x3
+    convolution becomes a 1x3x3 spatial one followed by a 3x1x1 temporal one ((2+1)-D, Tran et al. 2018).
+    ``aux_classes``: more linear heads on the same feature layer (e.g. a clip's direction of motion), trained
+    jointly so that the features describe what they predict too (``aux_logits``)."""
 
     def __init__(self, in_channels: int, num_classes: int, dims: int = 2, channels: tuple[int, ...] = (32, 64, 128),
-                 feature_dim: int = 128, groups: int = 8, dropout: float = 0.1):
+                 feature_dim: int = 128, groups: int = 8, dropout: float = 0.1, factorized: bool = False,
+                 aux_classes: tuple[int, ...] = ()):
         super().__init__()
         self.dims = dims
+
+        def conv(a: int, b: int) -> nn.Module:
+            if not (factorized and dims == 3):
+                return conv_nd(dims, a, b)
+            return nn.Sequential(nn.Conv3d(a, b, (1, 3, 3), padding=(0, 1, 1)), nn.Conv3d(b, b, (3, 1, 1), padding=(1, 0, 0)))
+
         stages, ch_in = [], in_channels
         for ch in channels:
-            stages.append(nn.Sequential(conv_nd(dims, ch_in, ch), group_norm(ch, groups), nn.SiLU(),
-                                        conv_nd(dims, ch, ch), group_norm(ch, groups), nn.SiLU()))
+            stages.append(nn.Sequential(conv(ch_in, ch), group_norm(ch, groups), nn.SiLU(),
+                                        conv(ch, ch), group_norm(ch, groups), nn.SiLU()))
             ch_in = ch
         self.stages = nn.ModuleList(stages)
         self.pool = AVG_POOL[dims](2, ceil_mode=True)
         self.feature = nn.Linear(ch_in, feature_dim)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, num_classes)
+        self.aux = nn.ModuleList(nn.Linear(feature_dim, k) for k in aux_classes)
         # set after training (see ``embed``): the training data's mean feature and their RMS about it
         self.register_buffer("feature_mean", torch.zeros(feature_dim))
         self.register_buffer("feature_scale", torch.ones(()))
@@ -91,6 +102,11 @@ class EvaluatorNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.dropout(F.silu(self.features(x))))
+
+    def all_logits(self, x: Tensor) -> list[Tensor]:
+        """[the class logits, then each auxiliary head's], from one pass."""
+        h = self.dropout(F.silu(self.features(x)))
+        return [self.head(h)] + [head(h) for head in self.aux]
 
 
 class Standardised(nn.Module):
@@ -284,17 +300,23 @@ def _train(dataset, modality, held_out_data, *, epochs, seed, held_out, max_seco
     g = torch.Generator().manual_seed(seed)
     frontend_cfg, frontend = modality.evaluator_frontend()
     x = _inputs(frontend, dataset, device)
-    y = dataset.labels
+    # the class, then every auxiliary target the modality names and the data has (e.g. a clip's direction)
+    targets = [t for t in modality.evaluator_targets if t in dataset.extras
+               and (held_out_data is None or t in held_out_data.extras)]
+    ys = [dataset.labels] + [dataset.extras[t].long() for t in targets]
     if held_out_data is None:
         train_idx, test_idx = _split(dataset.labels, held_out, g)
-        x_test, y_test = x[test_idx], y[test_idx]
+        x_test, ys_test = x[test_idx], [y[test_idx] for y in ys]
     else:
         train_idx = torch.arange(len(dataset))
-        x_test, y_test = _inputs(frontend, held_out_data, device), held_out_data.labels
+        x_test = _inputs(frontend, held_out_data, device)
+        ys_test = [held_out_data.labels] + [held_out_data.extras[t].long() for t in targets]
     mean, std = float(x[train_idx].mean()), float(x[train_idx].std().clamp(min=1e-6))
     x, x_test = (x - mean) / std, (x_test - mean) / std
     net_cfg = {"in_channels": x.shape[1], "num_classes": dataset.num_classes, "dims": x.ndim - 2,
-               "channels": list(channels), "feature_dim": feature_dim}
+               "channels": list(channels), "feature_dim": feature_dim,
+               "aux_classes": [int(max(y.max(), yt.max() if len(yt) else 0)) + 1 for y, yt in zip(ys[1:], ys_test[1:])],
+               **modality.evaluator_net}
     total = planned = epochs * math.ceil(len(train_idx) / batch_size)
     step = 0
     with torch.random.fork_rng(devices=[]):  # weight init and dropout from the seed; global RNG untouched
@@ -318,7 +340,8 @@ def _train(dataset, modality, held_out_data, *, epochs, seed, held_out, max_seco
                     group["lr"] = lr * _lr_factor(step / total)
                 idx = order[i:i + batch_size]
                 xb = modality.augment(x[idx], g) if augment else x[idx]
-                loss = F.cross_entropy(net(xb.to(device)), y[idx].to(device))
+                logits = net.all_logits(xb.to(device))
+                loss = sum(F.cross_entropy(out, y[idx].to(device)) for out, y in zip(logits, ys))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -327,15 +350,18 @@ def _train(dataset, modality, held_out_data, *, epochs, seed, held_out, max_seco
     with torch.no_grad():
         def batched(fn, inputs):
             return torch.cat([fn(inputs[i:i + 256].to(device)).cpu() for i in range(0, len(inputs), 256)])
-        pred = batched(net, x_test).argmax(1) if len(x_test) else torch.zeros(0, dtype=torch.long)
+        preds = ([batched(lambda b, k=k: net.all_logits(b)[k], x_test).argmax(1) for k in range(len(ys))]
+                 if len(x_test) else [torch.zeros(0, dtype=torch.long)] * len(ys))
         feats = batched(net.features, x[train_idx])
     net.feature_mean.copy_(feats.mean(0))
     net.feature_scale.copy_((feats - feats.mean(0)).pow(2).mean().sqrt().clamp(min=1e-6))
-    accuracy = float((pred == y_test).float().mean()) if len(y_test) else float("nan")
-    config = {"modality": modality.name, "frontend": frontend_cfg, "shape": list(dataset.shape),
+    accuracies = [float((p == y).float().mean()) if len(y) else float("nan") for p, y in zip(preds, ys_test)]
+    accuracy, y_test = accuracies[0], ys_test[0]
+    config = {"modality": modality.name, "frontend": frontend_cfg, "shape": list(dataset.shape), "targets": targets,
               "class_names": dataset.class_names, "net": net_cfg, "mean": mean, "std": std}
     info = {"held_out_accuracy": accuracy, "n_train": len(train_idx), "n_held_out": len(y_test),
             "held_out_from": "split" if held_out_data is not None else "fraction",
+            "aux_accuracy": dict(zip(targets, accuracies[1:])),
             "steps": step, "epochs": round(step / max(planned, 1) * epochs, 2),
             "seconds": round(time.perf_counter() - start, 2),
             "cut_by_max_seconds": total < planned, "seed": seed, "dataset": dataset.name}

@@ -23,7 +23,7 @@ from ..core.editing import gap_mask
 from ..data.audio import PEAK, SILENCE, read_audio
 from ..errors import UserError
 from .base import Loaded, Modality, pad_or_crop
-from .grid import grid_image, grid_rows
+from .grid import grid_image, grid_rows, label_names
 from .spectral import REPRESENTATIONS, stft_magnitude
 
 SPEC_N_FFT = 254      # spectrogram images: 128 frequency rows
@@ -124,7 +124,7 @@ class AudioModality(Modality):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         waves = data[:, 0]
-        names = _class_names(labels, class_names, len(waves))
+        names = label_names(labels, class_names, len(waves))
         paths = []
         for i, wave in enumerate(waves):
             wav, png = out_dir / f"sample_{i:05d}.wav", out_dir / f"sample_{i:05d}.png"
@@ -273,16 +273,6 @@ def _spectrogram_db(wave: torch.Tensor) -> torch.Tensor:
     """[T] -> dBFS magnitudes [128, frames] for the images (hop SPEC_HOP, longer for long clips)."""
     hop = max(SPEC_HOP, math.ceil(len(wave) / SPEC_MAX_COLUMNS))
     return 20 * torch.log10(stft_magnitude(wave.float(), SPEC_N_FFT, hop) + 1e-10)
-
-
-def _class_names(labels: torch.Tensor | None, class_names: list[str] | None, n: int) -> list[str] | None:
-    """The class name of each sample (its index when there are no names), or None without labels."""
-    if labels is None:
-        return None
-    labels = torch.as_tensor(labels).reshape(-1).tolist()
-    if len(labels) != n:
-        raise ValueError(f"{n} samples but {len(labels)} labels")
-    return [class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c) for c in labels]
 
 
 def _index_html(n: int, names: list[str] | None, grid_png: str, grid_wav: str) -> str:

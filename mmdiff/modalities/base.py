@@ -57,7 +57,9 @@ class Modality(ABC):
     - ``edit_options``: the top-level options whose masks :meth:`edit_mask` builds (e.g. box, mask).
     - ``time_unit``: the unit of time values (gap=, extend=) for data with a time axis, else None.
     - ``inception_fid``: whether Inception FID applies (2-D images).
-    - ``evaluator_channels``: the widths of the evaluation classifier's stages for this kind of data.
+    - ``evaluator_channels``: the widths of the evaluation classifier's stages for this kind of data;
+      ``evaluator_net``: its other options (mmdiff.eval.evaluator.EvaluatorNet); ``evaluator_targets``: the
+      dataset ``extras`` it also learns to predict where the data has them (e.g. a clip's direction).
     """
 
     name: ClassVar[str]
@@ -68,6 +70,8 @@ class Modality(ABC):
     time_unit: ClassVar[str | None] = None
     inception_fid: ClassVar[bool] = False
     evaluator_channels: ClassVar[tuple[int, ...]] = (32, 64, 128)
+    evaluator_net: ClassVar[dict] = {}
+    evaluator_targets: ClassVar[tuple[str, ...]] = ()
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -160,6 +164,17 @@ class Modality(ABC):
         data [N, ...] -> [N, C, *spatial]). ``config`` rebuilds a stored one; None makes the default.
         The default is the identity."""
         return dict(config or {}), nn.Identity()
+
+    def frames(self, data: torch.Tensor) -> tuple[torch.Tensor, Modality] | None:
+        """Data whose items are sequences of pictures (video) -> (every frame as an item of its own [N * T, ...],
+        the modality of a frame), for per-frame metrics; None for data without frames (the default)."""
+        return None
+
+    def statistics(self, data: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-item summary statistics of float data [N, ...] (``eval_data``'s), each [N]: evaluation compares
+        their distributions in samples and real data (Wasserstein-1, beside the real-vs-real floor). None by
+        default; video measures motion (the speed and frame-to-frame change of clips)."""
+        return {}
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A random class-preserving change of evaluator inputs [N, C, *spatial] for its training: a

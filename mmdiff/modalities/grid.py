@@ -29,6 +29,16 @@ def to_pil(a: np.ndarray) -> Image.Image:
     raise ValueError(f"images need 1 or 3 channels, got {a.shape[-1]}")
 
 
+def label_names(labels: torch.Tensor | None, class_names: list[str] | None, n: int) -> list[str] | None:
+    """The class name of each sample (its index when there are no names), or None without labels."""
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels).reshape(-1).tolist()
+    if len(labels) != n:
+        raise ValueError(f"{n} samples but {len(labels)} labels")
+    return [class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c) for c in labels]
+
+
 def grid_rows(n: int, labels: torch.Tensor | None,
               class_names: list[str] | None) -> list[tuple[str | None, list[int]]]:
     """The grid layout: rows of (label text or None, sample indices).

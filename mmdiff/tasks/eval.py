@@ -14,16 +14,20 @@ import logging
 import warnings
 from pathlib import Path
 
+import torch
+
 from omegaconf import DictConfig, OmegaConf
 
 from ..build import (build_dataset, build_modality, build_sigmas, check_sampling_config, resolve_modality_config,
                      to_container)
 from ..checkpoint import load_checkpoint
+from ..core.editing import continuation_mask
 from ..data import splits
 from ..data.dataset import Dataset
 from ..errors import UserError
 from ..eval.evaluate import check_inception, evaluate, format_table, read_samples_folder
 from ..eval.evaluator import Evaluator, load_or_train_evaluator
+from ..eval.metrics import psnr, ssim
 from ..generate import Guidance, from_noise, generate
 from ..model import Model
 
@@ -63,6 +67,28 @@ def _evaluator(train: Dataset, reference: Dataset | None, modality, run_cfg: dic
                                    retrain=retrain, **dict(options["evaluator"] or {}))
 
 
+def _as_frames(dataset: Dataset | None, modality) -> tuple[Dataset | None, object]:
+    """A dataset of the frames of ``dataset``'s items (each labelled like its item), and their modality."""
+    if dataset is None:
+        return None, None
+    found = modality.frames(dataset.data)
+    if found is None:
+        return None, None
+    frames, frame_modality = found
+    per_item = len(frames) // len(dataset)
+    return Dataset(frames, dataset.labels.repeat_interleave(per_item), dataset.class_names,
+                   f"{dataset.name} frames"), frame_modality
+
+
+def _frame_evaluator(train: Dataset, reference: Dataset | None, modality, run_cfg: dict, options: dict,
+                     retrain: bool) -> Evaluator | None:
+    """For data made of frames (video): an evaluator of single frames, trained on the training items' frames."""
+    frames, frame_modality = _as_frames(train, modality)
+    if frames is None:
+        return None
+    return _evaluator(frames, _as_frames(reference, modality)[0], frame_modality, run_cfg, options, retrain)
+
+
 def _generate(cfg: DictConfig, model: Model):
     """n samples from the checkpoint, decoded, with the labels they were generated for (as mode=sample)."""
     check_sampling_config(cfg)
@@ -72,6 +98,58 @@ def _generate(cfg: DictConfig, model: Model):
     x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label,
                  guidance=Guidance.from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device)
     return model.decode(x), labels
+
+
+def prediction(cfg: DictConfig, model: Model, reference: Dataset, options: dict) -> dict | None:
+    """``eval.predict.context`` > 0 (data made of frames: video): the first ``context`` frames of ``n`` held-out
+    clips are given, ``k`` continuations of each are generated (conditioned on them, or inpainted: as
+    mode=sample does with ``context``), and the predicted frames are scored against the true ones: PSNR and
+    SSIM of the best and the mean of the k, beside copying the last given frame (the baseline a model must
+    beat)."""
+    p = options.get("predict") or {}
+    known = int(p.get("context") or 0)
+    if not known:
+        return None
+    modality, shape = model.modality, model.shape
+    dim = modality.time_dim(shape)
+    if modality.frames(reference.data[:1].float()) is None or dim is None:
+        raise UserError(f"eval.predict.context scores predicted frames, and {modality.name} data has none: drop it")
+    steps = shape[dim - 1]
+    if not 0 < known < steps:
+        raise UserError(f"eval.predict.context={known} must leave frames to predict: use 1 to {steps - 1}")
+    n, k = min(int(p["n"]), len(reference)), int(p["k"])
+    truth = reference.data[:n].float()
+    x_known = model.encode(truth).repeat_interleave(k, 0)
+    sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
+    solve, conditions, how = model.completion(x_known, continuation_mask(shape, known, time_dim=dim - 1),
+                                              cfg.sampler.name, sigmas, dict(cfg.sampler.options),
+                                              method=cfg.get("edit_method") or "auto", resample=cfg.resample)
+    labels = reference.labels[:n].repeat_interleave(k) if model.class_names else None
+    x = generate(model.denoiser, solve, n=n * k, labels=labels, null_label=model.null_label,
+                 guidance=Guidance.from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device,
+                 conditions=conditions)
+
+    def per_frame(data: torch.Tensor) -> torch.Tensor:  # [m, ...] -> [m, T, *frame]
+        flat, _ = modality.frames(data)
+        return flat.view(len(data), steps, *flat.shape[1:])
+    truth_frames = per_frame(truth)
+    fake = per_frame(modality.eval_data(model.decode(x), reference.shape)).view(n, k, *truth_frames.shape[1:])
+    fake, real = fake[:, :, known:], truth_frames[:, known:]
+    copy = truth_frames[:, known - 1:known].expand_as(real)
+
+    def scores(guess: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PSNR over all predicted frames, and SSIM averaged over them, per clip."""
+        frames = target.shape[1]
+        s = ssim(guess.flatten(0, 1), target.flatten(0, 1)).view(-1, frames).mean(1)
+        return psnr(guess, target), s
+    psnr_k, ssim_k = scores(fake.flatten(0, 1), real.repeat_interleave(k, 0))
+    psnr_k, ssim_k = psnr_k.view(n, k), ssim_k.view(n, k)
+    psnr_copy, ssim_copy = scores(copy, real)
+    finite = lambda v: float(v[torch.isfinite(v)].mean())  # noqa: E731 - a perfect copy scores +inf dB
+    return {"context": known, "predicted": steps - known, "n": n, "k": k, "how": how,
+            "psnr_best": finite(psnr_k.max(1).values), "psnr_mean": finite(psnr_k.mean(1)),
+            "psnr_copy_last": finite(psnr_copy), "ssim_best": float(ssim_k.max(1).values.mean()),
+            "ssim_mean": float(ssim_k.mean()), "ssim_copy_last": float(ssim_copy.mean())}
 
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -93,6 +171,7 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     if reference is None:
         warnings.warn(f"mode=eval compares with {described}", stacklevel=2)
     evaluator = _evaluator(train, reference, modality, run_cfg, options, bool(options["retrain"]))
+    frame_evaluator = _frame_evaluator(train, reference, modality, run_cfg, options, bool(options["retrain"]))
     if samples_dir:
         fake, labels = read_samples_folder(samples_dir, modality, train.class_names)
         source = {"samples": str(samples_dir)}
@@ -103,8 +182,11 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
                   "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "ema": cfg.ema}
     result = evaluate(reference if reference is not None else train, fake, labels, modality, evaluator,
                       k=options["k"], kid_subsets=options["kid_subsets"], kid_subset_size=options["kid_subset_size"],
-                      inception_weights=options["inception_weights"])
+                      inception_weights=options["inception_weights"], frame_evaluator=frame_evaluator)
     result |= {"source": source, "split": described}
+    if not samples_dir and (predicted := prediction(cfg, model, reference if reference is not None else train,
+                                                    options)) is not None:
+        result["prediction"] = predicted
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,11 +1,15 @@
 """mode=sample: generate from a checkpoint, or edit a file with it.
 
 n samples; or with ``init=FILE``: SDEdit (``strength``), inpainting with the masks the modality builds from
-its editing options (images: ``mask``/``box``; audio: ``gap``), or continuation along the time axis
-(``extend``); ``interpolate=true`` walks from the noise of ``seed`` to that of ``seed2``; ``trajectory=true``
-also writes the reverse and forward processes as strips. Everything goes through the core's editing and
-trajectory functions and the modality interface: no kind of data is special here. An edit returns the
-input's own data wherever the mask keeps it (``Modality.restore``), bit for bit.
+its editing options (images: ``mask``/``box``; audio: ``gap``; video: ``context``), or continuation along
+the time axis (``extend``); ``interpolate=true`` walks from the noise of ``seed`` to that of ``seed2``;
+``trajectory=true`` also writes the reverse and forward processes as strips. Everything goes through the
+core's editing and trajectory functions and the modality interface: no kind of data is special here. An
+edit returns the input's own data wherever the mask keeps it (``Modality.restore``), bit for bit.
+
+A mask that keeps whole steps of the time axis is filled by conditioning when the model was trained with
+``time_context`` (the known steps enter the network as extra channels: mmdiff.core.context), and by
+RePaint inpainting otherwise; ``edit_method`` forces one or the other (``Model.completion``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..build import build_sigmas
-from ..core.editing import continuation_input, continuation_mask, inpaint, interpolate_noise, sdedit
+from ..core.editing import continuation_input, continuation_mask, interpolate_noise, sdedit
 from ..core.trajectory import Trajectory, forward_process
 from ..errors import UserError
 from ..generate import Guidance, from_noise, generate
@@ -55,7 +59,7 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     if cfg.extend is not None and cfg.init is None:
         raise UserError("extend= continues a file: give it with init=PATH")
 
-    loaded, keep = None, None
+    loaded, keep, conditions = None, None, None
     if cfg.init is not None:
         loaded = modality.read(cfg.init, shape)
         keep = modality.edit_mask(given, shape)
@@ -63,15 +67,15 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
             return _extend(cfg, model, loaded, labels, sigmas, guidance, options, out)
         modality.write_grid(modality.decode(loaded.x), None, None, out / "input.png")
         x_init = loaded.x.to(model.device)
-
-        def solve(denoiser, part, gens):
-            x0 = x_init.expand(len(gens), *shape).contiguous()
-            if keep is not None:
-                return inpaint(denoiser, x0, keep.to(model.device), sigmas, resample=cfg.resample, sampler=sampler,
-                               generator=gens, callback=trajectory, **options)
-            return sdedit(denoiser, x0, sigmas, strength=cfg.strength, sampler=sampler, generator=gens,
-                          callback=trajectory, **options)
-        what = "inpainted" if keep is not None else f"SDEdit (strength {cfg.strength})"
+        if keep is not None:
+            solve, conditions, what = model.completion(x_init.expand(cfg.n, *shape), keep, sampler, sigmas, options,
+                                                       method=cfg.get("edit_method") or "auto",
+                                                       resample=cfg.resample, callback=trajectory)
+        else:
+            def solve(denoiser, part, gens):
+                return sdedit(denoiser, x_init.expand(len(gens), *shape).contiguous(), sigmas, strength=cfg.strength,
+                              sampler=sampler, generator=gens, callback=trajectory, **options)
+            what = f"SDEdit (strength {cfg.strength})"
     elif cfg.interpolate:
         a = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed))
         b = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed2))
@@ -85,7 +89,8 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     log.info("%s: %d from %s (step %d) with %s, %d steps, guidance %.2f", what, cfg.n, cfg.checkpoint, model.step,
              sampler, cfg.steps, cfg.guidance)
     x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label, guidance=guidance,
-                 seed=cfg.seed, batch_size=cfg.n if trajectory else cfg.batch_size, device=model.device)
+                 seed=cfg.seed, batch_size=cfg.n if trajectory else cfg.batch_size, device=model.device,
+                 conditions=conditions)
     data = modality.decode(x)
     if keep is not None:
         data = modality.restore(data, loaded, keep)
@@ -110,7 +115,8 @@ def _write(modality: Modality, data: torch.Tensor, labels: torch.Tensor | None, 
 def _extend(cfg: DictConfig, model: Model, loaded: Loaded, labels, sigmas, guidance: Guidance, options: dict,
             out: Path) -> list[Path]:
     """Continuation along the time axis, window by window: the last half of what exists is the known start
-    of the next window, whose rest is inpainted, until ``extend`` (in the modality's time unit) is added."""
+    of the next window, whose rest is generated (by conditioning, or inpainted), until ``extend`` (in the
+    modality's time unit) is added."""
     modality, shape = model.modality, model.shape
     dim = modality.time_dim(shape)
     if dim is None:
@@ -120,14 +126,14 @@ def _extend(cfg: DictConfig, model: Model, loaded: Loaded, labels, sigmas, guida
     keep = window // 2
     wanted = window + modality.time_steps(float(cfg.extend))
     y = None if labels is None else labels[:1]
-    denoiser = model.guided(y, guidance)
     x, k = loaded.x.to(model.device), 0
     while x.shape[dim] < wanted:
         x_known, mask = continuation_input(x.narrow(dim, x.shape[dim] - keep, keep), window, time_dim=dim)
-        gens = [torch.Generator().manual_seed(cfg.seed + k)]
-        new = inpaint(denoiser, x_known, mask, sigmas, resample=cfg.resample, sampler=cfg.sampler.name,
-                      generator=gens, **options)
-        x, k = torch.cat([x, new.narrow(dim, keep, window - keep)], dim=dim), k + 1
+        solve, conditions, _ = model.completion(x_known, mask, cfg.sampler.name, sigmas, options,
+                                                method=cfg.get("edit_method") or "auto", resample=cfg.resample)
+        new = generate(model.denoiser, solve, n=1, labels=y, null_label=model.null_label, guidance=guidance,
+                       seed=cfg.seed + k, batch_size=1, device=model.device, conditions=conditions)
+        x, k = torch.cat([x, new.to(x.device).narrow(dim, keep, window - keep)], dim=dim), k + 1
     x = x.narrow(dim, 0, wanted).cpu()
     data = modality.restore(modality.decode(x), loaded, continuation_mask(x.shape[1:], window, time_dim=dim - 1))
     log.info("extended %s by %s %s into %s", cfg.init, cfg.extend, modality.time_unit, out)

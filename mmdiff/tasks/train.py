@@ -35,11 +35,12 @@ from ..build import (CHANNELS_LAST, PRECISIONS, _instantiate, check_run_config, 
                      build_sigmas, data_info, pick_device, resolve_labels, resolve_modality_config,
                      resolve_model_config, to_container)
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..core.context import context_input, draw_masks
 from ..core.ema import EMA
 from ..core.guidance import drop_labels
 from ..core.losses import denoising_loss
 from ..core.schedules import append_dims
-from ..data.order import Batches
+from ..data.order import Batches, Windows
 from ..data.stream import batch_loader
 from ..distributed import World, any_true, close_world, init_world, mean_over_world
 from ..errors import UserError
@@ -95,8 +96,12 @@ class Run:
     part: slice                     # this process's share of every global batch
     micro: int                      # samples per forward/backward
     labels: torch.Tensor            # all labels (on the CPU: a step draws its label dropout there)
-    x_data: torch.Tensor | None     # in memory: the whole set encoded, on the device; streamed: None
+    x_data: torch.Tensor | None     # in memory: the whole set on the device (encoded unless windows are cut)
     loader: object = None           # streamed: an iterator of raw batches (mmdiff.data.stream.batch_loader)
+    windows: Windows | None = None  # items longer than the training window: a window per epoch
+    context: dict | None = None     # conditioning on known time steps (the ``time_context`` node), or None
+    time_dim: int | None = None     # the time axis of model-space batches
+    independent: torch.Tensor | None = None  # [N] bool: items whose frames are independent images (joint training)
     memory_format: torch.memory_format | None = None
     conditional: bool = False
     step: int = 0
@@ -144,12 +149,26 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
     modality = build_modality(modality_cfg)
     dataset = build_dataset(cfg)
     streamed = dataset.cache is not None
+    windows = (Windows(len(dataset), dataset.shape[1], dataset.window, cfg.seed)
+               if dataset.window and dataset.window < dataset.shape[1] else None)
     # the model-space shape, from one item (the whole set is encoded below only when it stays in memory)
-    info = data_info(modality.encode(dataset.data[:1].float()), dataset)
-    model_cfg = resolve_model_config(cfg.model, info)
+    first = dataset.data[:1].float()
+    info = data_info(modality.encode(windows.cut(first, torch.zeros(1, dtype=torch.long)) if windows else first),
+                     dataset)
+    model_cfg = resolve_model_config(cfg.model, info, cfg.get("time_context"))
     resolved = to_container(cfg) | {"model": model_cfg, "modality": modality_cfg}
+    context = resolved["time_context"] if (resolved.get("time_context") or {}).get("enabled") else None
+    time_dim = modality.time_dim(info["shape"])
+    if context is not None and time_dim is None:
+        raise UserError(f"time_context.enabled=true conditions on known steps of a time axis, and {modality.name} "
+                        "data has none: drop time_context.enabled")
 
     denoiser = build_denoiser(cfg, model_cfg, info).to(device)
+    independent = dataset.extras.get("independent")
+    if independent is not None and not getattr(denoiser.net, "frames_can_be_independent", False):
+        raise UserError(f"the dataset mixes still images into its clips (extras['independent']), which needs a network "
+                        "that can skip its temporal layers per item: use model=video_unet (temporal: factorized, time "
+                        "never down-sampled), or drop the stills")
     memory_format = CHANNELS_LAST[model_cfg["dims"]] if t.channels_last else None
     if memory_format is not None:
         denoiser = denoiser.to(memory_format=memory_format)
@@ -167,7 +186,9 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
               weighting=_instantiate(cfg.diffusion.weighting, "diffusion.weighting"),
               batches=Batches(len(dataset), batch_size, cfg.seed), batch_size=batch_size,
               part=slice(world.rank * share, (world.rank + 1) * share), micro=micro,
-              labels=dataset.labels, x_data=None if streamed else modality.encode(dataset.data).to(device),
+              labels=dataset.labels, x_data=None if streamed else
+              (dataset.data.to(device) if windows else modality.encode(dataset.data).to(device)),
+              windows=windows, context=context, time_dim=time_dim, independent=independent,
               memory_format=memory_format, conditional=bool(model_cfg.get("num_classes")),
               ckpt_path=run_dir / "last.safetensors")
 
@@ -210,43 +231,77 @@ def sample_key(seed: int, step: int, index: int) -> int:
     return ((seed * 1_000_003 + step) * 1_000_033 + index) % (2**63 - 1)
 
 
-def draw(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """This process's share of step ``step``'s batch, on the device: (x0, sigma, noise, labels)."""
-    t, device = run.cfg.trainer, run.device
+@dataclass
+class Batch:
+    """This process's share of one step's global batch, on the device."""
+
+    x0: torch.Tensor                       # [b, C, *spatial] model space
+    sigma: torch.Tensor                    # [b] noise levels
+    noise: torch.Tensor                    # like x0, unit variance
+    labels: torch.Tensor | None            # [b] (label dropout applied), or None for an unconditional model
+    cond: torch.Tensor | None = None       # [b, C + 1, *spatial]: the known time steps and their mask
+    unknown: torch.Tensor | None = None    # [b, 1, *spatial] float: where the loss is counted (context only)
+    independent: torch.Tensor | None = None  # [b] bool: items whose frames are independent images
+
+    def conditions(self, part: slice) -> dict[str, torch.Tensor]:
+        """The network's inputs besides x, sigma and labels, for the micro-batch ``part``."""
+        out = {} if self.cond is None else {"cond": self.cond[part]}
+        return out if self.independent is None else out | {"independent": self.independent[part]}
+
+
+def draw(run: Run, step: int) -> Batch:
+    """This process's share of step ``step``'s batch. Host draws (batch indices, noise levels, label dropout,
+    context masks) cover the global batch from a generator seeded with (seed, step), the same on every
+    process; the noise comes from per-sample generators on the device, for this process's samples only."""
+    t, device, part = run.cfg.trainer, run.device, run.part
     idx = run.batches.indices(step)
     gen = torch.Generator().manual_seed(sample_key(run.cfg.seed, step, -1))
-    sigma = run.noise_levels(len(idx), gen)[run.part].to(device, non_blocking=True)
+    sigma = run.noise_levels(len(idx), gen)[part].to(device, non_blocking=True)
     labels = None
     if run.conditional:
         dropped = drop_labels(run.labels[idx], t.label_dropout, len(run.class_names), gen)
-        labels = dropped[run.part].to(device, non_blocking=True)
-    if run.x_data is not None:
-        x0 = run.x_data[idx[run.part].to(device)]
-    else:
-        x0 = run.modality.encode(next(run.loader).to(device, non_blocking=True))
-    gens = [torch.Generator(device).manual_seed(sample_key(run.cfg.seed, step, j))
-            for j in range(run.part.start, run.part.stop)]
+        labels = dropped[part].to(device, non_blocking=True)
+    x0 = run.x_data[idx[part].to(device)] if run.x_data is not None else next(run.loader).to(device, non_blocking=True)
+    if run.windows is not None:
+        x0 = run.windows.cut(x0, run.windows.offsets(step // run.batches.per_epoch)[idx[part]])
+    if run.windows is not None or run.x_data is None:
+        x0 = run.modality.encode(x0)
+    gens = [torch.Generator(device).manual_seed(sample_key(run.cfg.seed, step, j)) for j in range(part.start, part.stop)]
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g, device=device) for g in gens])
-    return x0, sigma, noise, labels
+    batch = Batch(x0, sigma, noise, labels)
+    if run.independent is not None:
+        batch.independent = run.independent[idx[part]].to(device, non_blocking=True)
+    if run.context is not None:
+        steps = x0.shape[run.time_dim]
+        known = draw_masks(len(idx), steps, run.context["masks"], gen)[part]
+        if run.independent is not None:  # the frames of still images tell nothing about each other
+            known &= ~run.independent[idx[part]][:, None]
+        aug = (torch.rand(len(idx), generator=gen) * float(run.context["noise"]))[part].to(device)
+        extra = torch.stack([torch.randn(x0.shape[1:], generator=g, device=device) for g in gens])
+        batch.cond = context_input(x0 + append_dims(aug, x0.ndim) * extra, known, run.time_dim)
+        unknown = 1.0 - batch.cond[:, -1:]
+        batch.unknown = torch.where(unknown.flatten(1).sum(1).view(-1, *[1] * (x0.ndim - 1)) > 0, unknown, 1.0)
+    return batch
 
 
 def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward over this process's share of the global batch, in micro-batches, then the
     gradient clip: (loss, grad norm), both still on the device."""
     t, world = run.cfg.trainer, run.world
-    x0, sigma, noise, labels = draw(run, step)
+    b = draw(run, step)
     run.opt.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=run.device)
     for a in range(t.grad_accum):
         part = slice(a * run.micro, (a + 1) * run.micro)
-        x, s = x0[part], sigma[part]
-        x_noisy = x + append_dims(s, x.ndim) * noise[part]
+        x, s = b.x0[part], b.sigma[part]
+        x_noisy = x + append_dims(s, x.ndim) * b.noise[part]
         if run.memory_format is not None:
             x_noisy = x_noisy.contiguous(memory_format=run.memory_format)
         sync = a == t.grad_accum - 1 or not world.distributed
         with (nullcontext() if sync else run.model.no_sync()), autocast:
-            denoised = run.model(x_noisy, s, None if labels is None else labels[part])
-        loss = denoising_loss(denoised, x, run.weighting(s, run.denoiser)).mean() / t.grad_accum
+            denoised = run.model(x_noisy, s, None if b.labels is None else b.labels[part], **b.conditions(part))
+        mask = None if b.unknown is None else b.unknown[part]
+        loss = denoising_loss(denoised, x, run.weighting(s, run.denoiser), mask).mean() / t.grad_accum
         run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     run.scaler.unscale_(run.opt)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdiff.core import schedules
-from mmdiff.core.analytic import GaussianMixture
+from mmdiff.core.analytic import GaussianMixture, rk4_in_lambda
 from mmdiff.core.samplers import ORDERS, SAMPLERS, ancestral_step, sample_euler, sample_heun
 
 SIGMA_MIN, SIGMA_MAX = 0.005, 40.0
@@ -22,21 +22,6 @@ def mixture():
 
 def start_noise(n, seed=1):
     return torch.randn(n, 2, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * SIGMA_MAX
-
-
-def rk4_in_lambda(denoiser, x, sigma_max, sigma_min, n):
-    """Classic RK4 on dx/dlambda = D - x (lambda = -log sigma; the probability-flow ODE), n uniform steps,
-    then the same final step to sigma = 0 as every sampler: x = D(x, sigma_min)."""
-    lam, lam_end = -math.log(sigma_max), -math.log(sigma_min)
-    h = (lam_end - lam) / n
-    f = lambda x, lam: denoiser(x, torch.full((x.shape[0],), math.exp(-lam), dtype=x.dtype)) - x  # noqa: E731
-    for _ in range(n):
-        k1 = f(x, lam)
-        k2 = f(x + h / 2 * k1, lam + h / 2)
-        k3 = f(x + h / 2 * k2, lam + h / 2)
-        k4 = f(x + h * k3, lam + h)
-        x, lam = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), lam + h
-    return denoiser(x, torch.full((x.shape[0],), sigma_min, dtype=x.dtype))
 
 
 @pytest.fixture(scope="module")

@@ -207,3 +207,32 @@ def test_log_spectral_distance_is_the_modality_one():
     assert log_spectral_distance is spectral.log_spectral_distance
     x = noise()
     assert torch.allclose(log_spectral_distance(x, 2 * x), torch.full((2,), 20 * math.log10(2)), atol=1e-3)
+
+
+# --- distributions and predictions (mmdiff.eval.metrics) ------------------------------------------------
+
+def test_wasserstein_1d_is_exact_on_known_cases():
+    from mmdiff.eval.metrics import wasserstein_1d
+    assert wasserstein_1d([0.0, 1.0, 3.0], [0.0, 1.0, 3.0]) == 0.0
+    assert wasserstein_1d([0.0, 1.0], [2.0, 3.0]) == pytest.approx(2.0, abs=1e-15)  # a shift moves all mass by 2
+    # unequal sizes: scipy's definition, the area between the empirical CDFs: here 1/2 * 1 + 1/2 * 2 = 1.5
+    assert wasserstein_1d([0.0], [1.0, 2.0]) == pytest.approx(1.5, abs=1e-15)
+    with pytest.raises(ValueError):
+        wasserstein_1d([], [1.0])
+
+
+def test_psnr_and_ssim_on_exact_cases():
+    from mmdiff.eval.metrics import psnr, ssim
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 16, 16, generator=g, dtype=torch.float64)  # float64: x + 0.1 - x is 0.1 to 1e-16
+    assert torch.isinf(psnr(x, x)).all()
+    # MSE of a constant error e is e^2: PSNR = -20 log10(e) exactly
+    assert psnr(x, x + 0.1).tolist() == pytest.approx([20.0] * 3, abs=1e-9)
+    assert ssim(x, x).tolist() == pytest.approx([1.0] * 3, abs=1e-12)
+    # constant images a, b (variances 0): SSIM = (2ab + C1) / (a^2 + b^2 + C1) everywhere
+    a, b, c1 = 0.2, 0.6, 0.01 ** 2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    flat = lambda v: torch.full((1, 1, 9, 9), v, dtype=torch.float64)  # noqa: E731
+    assert ssim(flat(a), flat(b)).item() == pytest.approx(expected, rel=1e-12)
+    # structure lost: an image against its negative scores far lower than against itself slightly noised
+    assert ssim(x, 1 - x).mean() < 0 < ssim(x, (x + 0.02 * torch.randn(x.shape, generator=g))).mean()

@@ -298,3 +298,14 @@ def test_patched_unet_keeps_the_shape_and_needs_the_patch_in_the_size(dims, spat
     assert net(x, torch.randn(2)).shape == x.shape
     with pytest.raises(ValueError, match="patch 4 x 2"):
         net.check_input_shape(tuple(s + 4 for s in spatial))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_one_and_two_d_networks_ignore_the_video_options(dims):
+    torch.manual_seed(0)
+    plain = perturb(tiny(dims=dims, attn_levels=(1,)))
+    torch.manual_seed(0)
+    told = perturb(tiny(dims=dims, attn_levels=(1,), temporal="factorized"))
+    assert list(plain.state_dict()) == list(told.state_dict()) and told.temporal == "full"
+    x, c_noise = torch.randn(2, 1, *(8,) * dims), torch.tensor([-1.0, 0.5])
+    assert torch.equal(plain(x, c_noise), told(x, c_noise, independent=torch.tensor([True, False])))
