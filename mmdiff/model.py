@@ -20,7 +20,7 @@ from .build import build_denoiser, build_modality, build_sigmas, pick_device, re
 from .checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
 from .config import defaults
 from .core.context import context_input
-from .core.editing import inpaint
+from .core.editing import continuation_input, inpaint
 from .core.samplers import SAMPLERS
 from .errors import UserError
 from .generate import Guidance, from_noise, generate
@@ -130,6 +130,48 @@ class Model:
             return inpaint(denoiser, x_known[part].to(self.device), keep, sigmas, resample=resample, sampler=sampler,
                            generator=gens, callback=callback, **(options or {}))
         return solve, None, "inpainted (RePaint)"
+
+    @torch.no_grad()
+    def fill(self, x_known: torch.Tensor, keep: torch.Tensor, *, labels: Any = None, sampler: str = "dpmpp_2m",
+             steps: int = 20, guidance: float = 1.5, seed: int = 0, method: str = "auto") -> torch.Tensor:
+        """Samples [n, *shape] (model space) that keep what the mask ``keep`` marks of ``x_known`` [n, *shape],
+        exactly, and generate the rest (:meth:`completion`: conditioned on known time steps, or inpainted);
+        sample i draws from seed + i. ``labels`` as in :meth:`sample`. (To put a file's data back where it is
+        kept, in data space, mode=sample uses ``Modality.restore``.)"""
+        n = len(x_known)
+        solve, conditions, _ = self.completion(x_known, keep, sampler, self.sigmas(steps, sampler=sampler),
+                                               sampler_defaults(sampler)["options"], method=method)
+        x = generate(self.denoiser, solve, n=n, labels=self._labels(labels, n), null_label=self.null_label,
+                     guidance=Guidance(float(guidance)), seed=seed, batch_size=n, device=self.device,
+                     conditions=conditions)
+        return torch.where(keep.cpu(), x_known.cpu().to(x.dtype), x)
+
+    @torch.no_grad()
+    def extend(self, x: torch.Tensor, steps: int, *, labels: torch.Tensor | None = None,
+               guidance: Guidance | float = 1.0, sampler: str = "dpmpp_2m", sigmas: torch.Tensor | None = None,
+               options: dict | None = None, seed: int = 0, method: str = "auto", resample: int = 1) -> torch.Tensor:
+        """Continue ``x`` [1, *shape] (model space) by ``steps`` steps of its time axis, window by window: the
+        last half of what exists is the known start of the next window, whose rest is generated (by
+        conditioning on it, or inpainted: :meth:`completion`); window k draws from the generator seeded with
+        ``seed + k``. Returns [1, ..., T + steps, ...] on the CPU (``x`` itself is its start, unchanged)."""
+        dim = self.modality.time_dim(self.shape)
+        if dim is None:
+            takes = ", ".join(f"{k}=" for k in self.modality.edit_options) or "strength="
+            raise UserError(f"extend= continues data along its time axis, and {self.modality.name} data has none: "
+                            f"for edits use {takes}")
+        guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
+        sigmas = self.sigmas(20) if sigmas is None else sigmas
+        window = self.shape[dim - 1]
+        keep, wanted = window // 2, x.shape[dim] + int(steps)
+        x, k = x.to(self.device), 0
+        while x.shape[dim] < wanted:
+            x_known, mask = continuation_input(x.narrow(dim, x.shape[dim] - keep, keep), window, time_dim=dim)
+            solve, conditions, _ = self.completion(x_known, mask, sampler, sigmas, options, method=method,
+                                                   resample=resample)
+            new = generate(self.denoiser, solve, n=1, labels=labels, null_label=self.null_label, guidance=guidance,
+                           seed=seed + k, batch_size=1, device=self.device, conditions=conditions)
+            x, k = torch.cat([x, new.to(x.device).narrow(dim, keep, window - keep)], dim=dim), k + 1
+        return x.narrow(dim, 0, wanted).cpu()
 
     def context(self, x_known: torch.Tensor, known: torch.Tensor) -> dict[str, torch.Tensor]:
         """The conditions that give a model trained with ``time_context`` the steps ``known`` ([B, T] or [T]

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["01_forward_and_reverse", "02_image_samples", "03_audio_samples", "04_samplers"]
+EXPECTED = ["01_forward_and_reverse", "02_image_samples", "03_audio_samples", "04_samplers", "05_video"]
 WITH_PLAYERS = {"01_forward_and_reverse", "03_audio_samples"}  # notebooks that let you listen
 CELL_TIMEOUT = 300  # seconds, per cell
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -136,7 +136,7 @@ def test_trajectory_writes_the_reverse_and_forward_processes(checkpoint, tmp_pat
 
 @pytest.mark.parametrize("override,message", [
     ("gap=[0.1,0.2]", "gap= is not an editing option of image data: it takes mask=, box="),
-    ("extend=1.0", "extend= continues data along its time axis, and image data has none"),
+    ("extend=1.0", r"image data has no time axis to continue or count along \(extend=\): for edits use mask=, box="),
     ("box=[0,0,9,4]", r"box=\[0, 0, 9, 4\] is not inside the 8x8 image"),
     ("init=/no/such.png", "does not exist"),
 ])

@@ -103,7 +103,9 @@ class Modality(ABC):
 
     def time_steps(self, amount: float) -> int:
         """How many steps of the model-space time axis ``amount`` (in ``time_unit``) takes."""
-        raise UserError(f"{self.name} data has no time axis")
+        takes = ", ".join(f"{k}=" for k in self.edit_options) or "strength="
+        raise UserError(f"{self.name} data has no time axis to continue or count along (extend=): for edits use "
+                        f"{takes}")
 
     # --- files -----------------------------------------------------------------------------------
 

@@ -123,12 +123,10 @@ class VideoModality(Modality):
         T = shape[1]
         frames = options["context"]
         frames = [frames] if isinstance(frames, int) else list(frames)
-        try:
-            known = sorted({int(f) % T for f in frames if -T <= int(f) < T} | set())
-        except (TypeError, ValueError):
-            known = []
-        if len(known) != len({int(f) for f in frames}) or not known or len(known) == T:
-            raise UserError(f"context={list(frames)} must name some, not all, of the clip's {T} frames by index "
+        valid = all(isinstance(f, int) and not isinstance(f, bool) and -T <= f < T for f in frames)
+        known = sorted({f % T for f in frames}) if valid else []
+        if not known or len(known) == T:
+            raise UserError(f"context={frames} must name some, not all, of the clip's {T} frames by index "
                             f"(0 to {T - 1}, or -1 for the last)")
         keep = torch.zeros(1, T, 1, 1, dtype=torch.bool)
         keep[0, known] = True

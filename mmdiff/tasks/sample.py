@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..build import build_sigmas
-from ..core.editing import continuation_input, continuation_mask, interpolate_noise, sdedit
+from ..core.editing import continuation_mask, interpolate_noise, sdedit
 from ..core.trajectory import Trajectory, forward_process
 from ..errors import UserError
 from ..generate import Guidance, from_noise, generate
@@ -114,28 +114,14 @@ def _write(modality: Modality, data: torch.Tensor, labels: torch.Tensor | None, 
 
 def _extend(cfg: DictConfig, model: Model, loaded: Loaded, labels, sigmas, guidance: Guidance, options: dict,
             out: Path) -> list[Path]:
-    """Continuation along the time axis, window by window: the last half of what exists is the known start
-    of the next window, whose rest is generated (by conditioning, or inpainted), until ``extend`` (in the
-    modality's time unit) is added."""
+    """Continuation along the time axis (``Model.extend``), then the original put back bit for bit."""
     modality, shape = model.modality, model.shape
-    dim = modality.time_dim(shape)
-    if dim is None:
-        raise UserError(f"extend= continues data along its time axis, and {modality.name} data has none: for edits "
-                        f"use {', '.join(f'{k}=' for k in modality.edit_options) or 'strength='}")
-    window = shape[dim - 1]
-    keep = window // 2
-    wanted = window + modality.time_steps(float(cfg.extend))
     y = None if labels is None else labels[:1]
-    x, k = loaded.x.to(model.device), 0
-    while x.shape[dim] < wanted:
-        x_known, mask = continuation_input(x.narrow(dim, x.shape[dim] - keep, keep), window, time_dim=dim)
-        solve, conditions, _ = model.completion(x_known, mask, cfg.sampler.name, sigmas, options,
-                                                method=cfg.get("edit_method") or "auto", resample=cfg.resample)
-        new = generate(model.denoiser, solve, n=1, labels=y, null_label=model.null_label, guidance=guidance,
-                       seed=cfg.seed + k, batch_size=1, device=model.device, conditions=conditions)
-        x, k = torch.cat([x, new.to(x.device).narrow(dim, keep, window - keep)], dim=dim), k + 1
-    x = x.narrow(dim, 0, wanted).cpu()
-    data = modality.restore(modality.decode(x), loaded, continuation_mask(x.shape[1:], window, time_dim=dim - 1))
+    x = model.extend(loaded.x, modality.time_steps(float(cfg.extend)), labels=y, guidance=guidance,
+                     sampler=cfg.sampler.name, sigmas=sigmas, options=options, seed=cfg.seed,
+                     method=cfg.get("edit_method") or "auto", resample=cfg.resample)
+    keep = continuation_mask(x.shape[1:], shape[modality.time_dim(shape) - 1], time_dim=modality.time_dim(shape) - 1)
+    data = modality.restore(modality.decode(x), loaded, keep)
     log.info("extended %s by %s %s into %s", cfg.init, cfg.extend, modality.time_unit, out)
     return _write(modality, data, None if y is None else y.cpu(), model.class_names, out)
 
