@@ -27,7 +27,7 @@ from .errors import UserError
 from .modalities.base import Modality
 from .models.unet import Resampling
 
-MODES = ("train", "sample", "eval", "train_evaluator", "fit_schedule")
+MODES = ("train", "sample", "eval", "train_evaluator", "fit_schedule", "phema")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}  # memory format by the model's dims
 
@@ -85,6 +85,14 @@ def check_run_config(cfg: DictConfig) -> None:
             _positive(t[key], f"trainer.{key}", integer=False)
         if not 0 <= t.label_dropout < 1:
             raise UserError(f"trainer.label_dropout={t.label_dropout} must be in [0, 1)")
+        for sigma_rel in t.phema.sigma_rels:
+            if not 0 < sigma_rel < 12 ** -0.5:
+                raise UserError(f"trainer.phema.sigma_rels holds {sigma_rel}: a relative EMA length must be in (0, 0.2887), "
+                                "e.g. [0.05, 0.1]")
+        if t.phema.sigma_rels:
+            _positive(t.phema.snapshot_every, "trainer.phema.snapshot_every")
+        if t.lr_decay_samples is not None:
+            _positive(t.lr_decay_samples, "trainer.lr_decay_samples")
         if t.precision not in PRECISIONS:
             raise UserError(f"trainer.precision={t.precision} is unknown: use one of {', '.join(PRECISIONS)}")
         if t.channels_last and cfg.model.get("dims") not in CHANNELS_LAST:
@@ -124,17 +132,22 @@ def total_downsampling(model_cfg: DictConfig | dict) -> int | tuple[int, ...]:
         raise UserError(str(e)) from None
 
 
-def modality_class(modality_cfg: DictConfig | dict) -> type[Modality]:
-    """The class a modality config's ``_target_`` names (imported, not constructed)."""
-    target = modality_cfg.get("_target_") if modality_cfg else None
+def target_class(target: Any, key: str, base: type, choices: str) -> type:
+    """The class a config's ``_target_`` names (imported, not constructed), checked to be a ``base``; the error
+    names the key and the ``choices`` to use instead."""
     try:
         cls = get_class(str(target))
     except Exception as e:  # noqa: BLE001 - Hydra reports import problems with several exception types
-        raise UserError(f"modality._target_={target} cannot be imported ({e}): use modality=image or modality=audio, "
-                        "or the import path of your own Modality subclass") from None
-    if not (isinstance(cls, type) and issubclass(cls, Modality)):
-        raise UserError(f"modality._target_={target} is not a subclass of mmdiff.modalities.base.Modality")
+        raise UserError(f"{key}._target_={target} cannot be imported ({e}): use {choices}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UserError(f"{key}._target_={target} is not a subclass of {base.__module__}.{base.__name__}")
     return cls
+
+
+def modality_class(modality_cfg: DictConfig | dict) -> type[Modality]:
+    """The class a modality config's ``_target_`` names (imported, not constructed)."""
+    return target_class(modality_cfg.get("_target_") if modality_cfg else None, "modality", Modality,
+                        "modality=image, audio or video, or the import path of your own Modality subclass")
 
 
 def resolve_modality_config(cfg: DictConfig) -> dict:
@@ -313,3 +326,13 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but CUDA is not available here: use device=cpu or device=auto")
     return device
+
+
+def sampler_settings(cfg: DictConfig, ema: bool) -> dict:
+    """How samples are drawn (sampler, schedule, steps, guidance, seed, ...): the top of the gallery page."""
+    def plain(value):
+        return to_container(value) if OmegaConf.is_config(value) else value
+    keys = ("steps", "guidance", "guidance_rescale", "guidance_interval", "dynamic_threshold", "guide", "n", "seed")
+    settings = {"sampler": cfg.sampler.name, "schedule": cfg.sampler.schedule, "options": plain(cfg.sampler.options)}
+    settings |= {k: plain(cfg.get(k)) for k in keys}
+    return settings | {"class": "the classes in turn" if cfg["class"] is None else plain(cfg["class"]), "ema": ema}

@@ -34,6 +34,8 @@ class Checkpoint:
     optimizer: dict | None = None     # torch.optim state_dict
     rng: dict[str, torch.Tensor] = field(default_factory=dict)        # generator states (uint8 tensors)
     extra: dict = field(default_factory=dict)   # other JSON-able state (e.g. the fp16 gradient scaler)
+    averages: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # other averages of the weights
+    # (the power-function EMAs of post-hoc EMA, by sigma_rel), for resuming
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -67,6 +69,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     tensors = {f"model/{k}": v for k, v in ckpt.model.items()}
     tensors |= {f"ema/{k}": v for k, v in ckpt.ema.items()}
     tensors |= {f"rng/{k}": v for k, v in ckpt.rng.items()}
+    tensors |= {f"avg/{name}/{k}": v for name, state in ckpt.averages.items() for k, v in state.items()}
     metadata = {
         "format": FORMAT, "version": VERSION, "step": str(ckpt.step), "samples_seen": str(ckpt.samples_seen),
         "config": json.dumps(ckpt.config), "data": json.dumps(ckpt.data), "extra": json.dumps(ckpt.extra),
@@ -134,4 +137,43 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         config=json.loads(meta["config"]), data=json.loads(meta["data"]), step=int(meta["step"]),
         samples_seen=int(meta["samples_seen"]), model=group("model/"), ema=group("ema/"), optimizer=optimizer,
         rng=group("rng/"), extra=json.loads(meta.get("extra", "{}")),
+        averages={name: group(f"avg/{name}/") for name in sorted({k.split("/")[1] for k in tensors if k.startswith("avg/")})},
     )
+
+
+# --- post-hoc EMA snapshots (mmdiff.core.phema) --------------------------------------------------------
+
+SNAPSHOT_FORMAT = "mmdiff-phema-snapshot"
+SNAPSHOTS = "phema"  # the folder beside a run's checkpoint that holds them
+
+
+def save_snapshot(folder: str | Path, samples_seen: int, averages: dict[float, dict[str, torch.Tensor]]) -> Path:
+    """The power-function EMAs (sigma_rel -> state_dict) at ``samples_seen``, as one safetensors file in
+    ``folder`` (atomically), named by the samples seen so that files sort in time."""
+    tensors = {f"{i}/{k}": v.detach().cpu().contiguous() for i, state in enumerate(averages.values())
+               for k, v in state.items()}
+    metadata = {"format": SNAPSHOT_FORMAT, "samples_seen": str(samples_seen),
+                "sigma_rels": json.dumps([float(s) for s in averages])}
+    path = Path(folder) / f"snapshot-{samples_seen:012d}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+    return path
+
+
+def load_snapshots(folder: str | Path) -> list[tuple[int, float, dict[str, torch.Tensor]]]:
+    """Every snapshot in ``folder``: [(samples_seen, sigma_rel, state_dict)], in time order. A damaged file is a
+    UserError naming it."""
+    out = []
+    for path in sorted(Path(folder).glob("snapshot-*.safetensors")):
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != SNAPSHOT_FORMAT:
+                    raise UserError(f"{path} is not a post-hoc EMA snapshot of mmdiff: move it out of {folder}")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except SafetensorError as e:
+            raise UserError(f"post-hoc EMA snapshot {path} is corrupt ({e}): delete it; the others still work") from None
+        for i, sigma_rel in enumerate(json.loads(meta["sigma_rels"])):
+            state = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{i}/")}
+            out.append((int(meta["samples_seen"]), float(sigma_rel), state))
+    return out

@@ -33,6 +33,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> object:
     if cfg.mode == "fit_schedule":
         from .tasks.fit_schedule import fit_schedule_from_config
         return fit_schedule_from_config(cfg)
+    if cfg.mode == "phema":
+        from .tasks.phema import phema_from_config
+        return phema_from_config(cfg)
     from .tasks.sample import sample_from_checkpoint
     return sample_from_checkpoint(cfg)
 

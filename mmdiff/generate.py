@@ -27,21 +27,23 @@ class Guidance:
     rescale: float = 0.0                          # Lin et al. 2023's phi
     interval: tuple[float, float] | None = None   # guide only for sigma in (lo, hi]
     threshold: float | None = None                # Imagen's dynamic-thresholding percentile
+    guide: object = None                          # autoguidance: a weaker denoiser instead of the null label
 
     @classmethod
-    def from_config(cls, cfg) -> Guidance:
-        """From the top-level options guidance, guidance_rescale, guidance_interval, dynamic_threshold."""
+    def from_config(cls, cfg, guide=None) -> Guidance:
+        """From the top-level options guidance, guidance_rescale, guidance_interval, dynamic_threshold (and the
+        denoiser of ``guide=CHECKPOINT``, loaded by the caller)."""
         interval = cfg.get("guidance_interval")
         return cls(float(cfg["guidance"]), float(cfg.get("guidance_rescale") or 0.0),
                    None if interval is None else (float(interval[0]), float(interval[1])),
-                   cfg.get("dynamic_threshold"))
+                   cfg.get("dynamic_threshold"), guide)
 
     def bind(self, denoiser, labels: torch.Tensor | None, null_label: int | None,
              conditions: dict[str, torch.Tensor] | None = None):
         """The ``denoiser(x, sigma)`` the samplers call, with ``labels``, other per-sample ``conditions`` (see
         CFGDenoiser) and these options bound in."""
         d = CFGDenoiser(denoiser, labels, self.scale, null_label, rescale=self.rescale, interval=self.interval,
-                        conditions=conditions)
+                        conditions=conditions, guide=self.guide)
         return DynamicThreshold(d, percentile=self.threshold) if self.threshold else d
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels, schedule_key
-from .checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from .checkpoint import SNAPSHOTS, load_checkpoint, load_snapshots, resolve_checkpoint_path, save_checkpoint
 from .config import defaults
 from .core.context import context_input
 from .core.editing import continuation_input, inpaint
@@ -79,6 +79,42 @@ class Model:
     @property
     def null_label(self) -> int:
         return len(self.class_names)
+
+    def posthoc_ema(self, sigma_rel: float, at: int | None = None) -> dict:
+        """Replace the weights by the EMA of relative length ``sigma_rel`` (EDM2's post-hoc EMA), reconstructed
+        from the power-function EMA snapshots training saved beside the checkpoint (``trainer.phema``), at the
+        last snapshot (or at ``at`` samples seen). Returns what was used (snapshots, time, coefficients)."""
+        from .core.phema import coefficients, reconstruct
+        folder = (self.path.parent if self.path else Path(".")) / SNAPSHOTS
+        snaps = load_snapshots(folder) if folder.is_dir() else []
+        if at is not None:
+            snaps = [s for s in snaps if s[0] <= at]
+        if not snaps:
+            raise UserError(f"no post-hoc EMA snapshots in {folder}: train with trainer.phema.sigma_rels=[0.05,0.1] "
+                            "(snapshots every trainer.phema.snapshot_every steps), then reconstruct")
+        t = at if at is not None else snaps[-1][0]
+        at_list = [(s[0], s[1]) for s in snaps]
+        try:
+            weights = reconstruct([s[2] for s in snaps], at_list, (t, float(sigma_rel)))
+            coeff = coefficients(at_list, (t, float(sigma_rel))).tolist()
+        except ValueError as e:
+            raise UserError(f"post-hoc EMA: {e}") from None
+        self.denoiser.load_state_dict(weights)
+        return {"sigma_rel": float(sigma_rel), "samples_seen": t, "snapshots": len(snaps), "coefficients": coeff}
+
+    def guide(self, path: str | Path | None) -> torch.nn.Module | None:
+        """The denoiser of a weaker model of the same data to guide with (autoguidance; ``guide=CHECKPOINT``),
+        checked to make the same kind of samples; None for None."""
+        if path is None or str(path) in ("", "None", "null"):
+            return None
+        other = Model.from_checkpoint(path, device=str(self.device))
+        mine = (self.modality.name, self.shape, self.class_names)
+        theirs = (other.modality.name, other.shape, other.class_names)
+        if mine != theirs:
+            raise UserError(f"guide={path} makes {theirs[0]} samples of shape {theirs[1]} with classes {theirs[2]}, this "
+                            f"model {mine[0]} of shape {mine[1]} with classes {mine[2]}: guide with a weaker model of "
+                            "the same data (an earlier checkpoint of this run, or a smaller model trained on it)")
+        return other.denoiser
 
     @property
     def takes_context(self) -> bool:
@@ -193,13 +229,14 @@ class Model:
                guidance: float | None = None, seed: int | None = None, batch_size: int | None = None, callback=None,
                schedule: str | None = None, noise: torch.Tensor | None = None, guidance_rescale: float | None = None,
                guidance_interval: tuple[float, float] | None = None, dynamic_threshold: float | None = None,
-               **sampler_options) -> torch.Tensor:
+               guide: str | Path | None = None, **sampler_options) -> torch.Tensor:
         """n samples in model space [n, *shape]; sample i draws its noise from seed + i (``mode=sample``'s
         options, the same names; anything left out takes conf/'s default, and the sampler's options and
         schedule those of conf/sampler/<sampler>.yaml). ``schedule``: a step schedule's name, or "fitted"
         (see :meth:`fit_schedule`). ``noise``: your own starting noise [n, *shape] at unit variance (e.g. to
         compare samplers or checkpoints from the same draws); the seed then only drives stochastic
-        samplers' noise."""
+        samplers' noise. ``guide``: a checkpoint of a weaker model of the same data to guide away from
+        (autoguidance) instead of the unconditional branch."""
         top = defaults()
         sampler = sampler or top["sampler"]["name"]
         spec = sampler_defaults(sampler)
@@ -209,7 +246,8 @@ class Model:
         guide = Guidance.from_config({"guidance": pick(guidance, "guidance"),
                                       "guidance_rescale": pick(guidance_rescale, "guidance_rescale"),
                                       "guidance_interval": pick(guidance_interval, "guidance_interval"),
-                                      "dynamic_threshold": pick(dynamic_threshold, "dynamic_threshold")})
+                                      "dynamic_threshold": pick(dynamic_threshold, "dynamic_threshold")},
+                                     self.guide(pick(guide, "guide")))
         if noise is not None and tuple(noise.shape) != (n, *self.shape):
             raise UserError(f"noise has shape {list(noise.shape)}; this model samples [n, *shape] = {[n, *self.shape]}")
         sigmas = self.sigmas(steps, schedule or spec["schedule"], sampler,

@@ -24,7 +24,7 @@ def test_train_sample_decode_save_and_read_through_the_api(tmp_path):
     images = model.decode(x)
     assert images.dtype == torch.uint8 and images.shape == (3, 1, 8, 8)
     paths = model.save(x, tmp_path / "out", labels=model.labels("7", 3))
-    assert len(paths) == 4 and paths[-1].name == "grid.png"
+    assert len(paths) == 5 and [p.name for p in paths[-2:]] == ["grid.png", "index.html"]
     back = model.read(paths[0])
     assert torch.allclose(model.decode(back).float(), images[:1].float(), atol=1)
     # the core's samplers take the bound denoiser directly

@@ -22,7 +22,7 @@ def test_train_then_sample(tmp_path):
                     "guidance=2.0", "seed=0", "out=samples/", cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == \
-        ["grid.png", "labels.json"] + [f"sample_{i:05d}.png" for i in range(6)]
+        ["grid.png", "index.html", "labels.json"] + [f"sample_{i:05d}.png" for i in range(6)]
 
 
 def test_eval_and_train_evaluator_modes(tmp_path):

@@ -29,8 +29,10 @@ def sample(checkpoint, out, *extra):
 def test_writes_one_png_per_sample_and_a_grid(checkpoint, tmp_path):
     paths = sample(checkpoint, tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([f"sample_{i:05d}.png" for i in range(12)] + ["grid.png", "labels.json"])
-    assert len(paths) == 14
+    assert names == sorted([f"sample_{i:05d}.png" for i in range(12)] + ["grid.png", "index.html", "labels.json"])
+    assert len(paths) == 15
+    page = (tmp_path / "index.html").read_text()
+    assert "dpmpp_2m" in page and "sample_00011.png" in page  # the sampler settings at the top, every sample
     assert json.loads((tmp_path / "labels.json").read_text()) == [str(i // 2) for i in range(12)]
     assert Image.open(tmp_path / "sample_00000.png").size == (8, 8)
 

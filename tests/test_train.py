@@ -24,7 +24,9 @@ def test_a_tiny_run_writes_config_metrics_samples_and_checkpoint(tiny_cfg, tmp_p
     assert float(rows[0]["lr"]) == pytest.approx(0.002)  # warm-up of 2 steps is over at step 2
     saved = OmegaConf.load(tmp_path / "config.yaml")
     assert saved.model.in_channels == 1 and saved.model.num_classes == 10  # "auto" resolved from the data
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+    # every preview's grid; the last one's samples, cell by cell, on the page that shows them all
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == sorted(
+        ["step_0000003.png", "step_0000006.png", "grid.png", "index.html"] + [f"sample_{i:05d}.png" for i in range(10)])
     ckpt = load_checkpoint(path)
     assert ckpt.step == 6 and ckpt.samples_seen == 96 and ckpt.data["shape"] == [1, 8, 8]
     assert ckpt.config["model"]["num_classes"] == 10 and ckpt.config["modality"]["_target_"].endswith("ImageModality")

@@ -31,22 +31,28 @@ class CFGDenoiser:
 
     ``conditions``: other per-sample inputs of the denoiser (keyword tensors [B, ...], e.g. known video frames
     as extra channels), bound like the labels and given to both branches: guidance is on the labels only.
+
+    ``guide``: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"): the
+    branch guided away from is this weaker denoiser (an earlier snapshot, a smaller model of the same data)
+    with the same labels, instead of the null label: D_w = D_guide + w (D - D_guide). It works for
+    unconditional models too; rescale and interval apply alike.
     """
 
     def __init__(self, denoiser, labels: torch.Tensor | None, scale: float = 1.0, null_label: int | None = None, *,
                  rescale: float = 0.0, interval: tuple[float, float] | None = None,
-                 conditions: dict[str, torch.Tensor] | None = None):
+                 conditions: dict[str, torch.Tensor] | None = None, guide=None):
         self.denoiser, self.labels, self.scale, self.null_label = denoiser, labels, float(scale), null_label
         self.rescale = float(rescale)
         self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
         self.conditions = dict(conditions or {})
+        self.guide = guide
 
-    def _call(self, x, sigma, labels, twice: bool = False):
+    def _call(self, x, sigma, labels, twice: bool = False, denoiser=None):
         extra = {k: torch.cat([v, v]) if twice else v for k, v in self.conditions.items()}
-        return self.denoiser(x, sigma, labels, **extra)
+        return (denoiser or self.denoiser)(x, sigma, labels, **extra)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.labels is None or self.scale == 1.0:
+        if self.scale == 1.0 or (self.labels is None and self.guide is None):
             return self._call(x, sigma, self.labels)
         inside = None
         if self.interval is not None:
@@ -54,11 +60,14 @@ class CFGDenoiser:
             inside = (sigma > lo) & (sigma <= hi)  # [B]
             if not inside.any():
                 return self._call(x, sigma, self.labels)
-        null = torch.full_like(self.labels, self.null_label)
-        if self.scale == 0.0 and self.rescale == 0.0 and (inside is None or inside.all()):
-            return self._call(x, sigma, null)
-        cond, uncond = self._call(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.labels, null]),
-                                  twice=True).chunk(2)
+        if self.guide is not None:  # two networks: two calls
+            cond, uncond = self._call(x, sigma, self.labels), self._call(x, sigma, self.labels, denoiser=self.guide)
+        else:
+            null = torch.full_like(self.labels, self.null_label)
+            if self.scale == 0.0 and self.rescale == 0.0 and (inside is None or inside.all()):
+                return self._call(x, sigma, null)
+            cond, uncond = self._call(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.labels, null]),
+                                      twice=True).chunk(2)
         guided = uncond + self.scale * (cond - uncond)
         if self.rescale != 0.0:
             guided = rescale_guidance(guided, cond, self.rescale)

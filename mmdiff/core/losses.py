@@ -44,12 +44,18 @@ WEIGHTINGS = {"uniform": UniformTarget, "min_snr": MinSNR, "edm": EDMWeighting}
 
 
 def denoising_loss(denoised: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample weighted squared error, averaged over all non-batch dims, or over the elements where
     ``mask`` (broadcastable to x0, 0/1) is 1, e.g. the unknown steps when others are given as context
-    (RaMViD's loss on the frames to generate): returns [B]."""
+    (RaMViD's loss on the frames to generate): returns [B].
+
+    ``logvar`` [B]: EDM2's learned uncertainty u(sigma) (Karras et al. 2024, Eq. 21): the loss becomes
+    weight * error / exp(u) + u, whose minimum over u is at u = log(weight * error): each noise level's
+    expected loss is normalised to about 1 while the network learns."""
     err = (denoised.float() - x0.float()) ** 2
     if mask is None:
-        return weight * err.flatten(1).mean(1)
-    mask = mask.float().expand_as(err)
-    return weight * (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+        loss = weight * err.flatten(1).mean(1)
+    else:
+        mask = mask.float().expand_as(err)
+        loss = weight * (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+    return loss if logvar is None else loss / logvar.float().exp() + logvar.float()

@@ -12,6 +12,8 @@ serves every parametrization and every schedule.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,12 +21,30 @@ from .schedules import append_dims
 
 
 class Precond(nn.Module):
-    """Base class; subclasses define :meth:`scalings`. ``sigma_data`` is the data's standard deviation."""
+    """Base class; subclasses define :meth:`scalings`. ``sigma_data`` is the data's standard deviation.
 
-    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+    ``uncertainty`` > 0 adds EDM2's learned loss weighting (Karras et al. 2024, Sec. 5, "uncertainty"): a
+    log-variance u(sigma) from a linear layer on ``uncertainty`` random Fourier features of c_noise, trained
+    with the loss (mmdiff.core.losses.denoising_loss's ``logvar``), so that every noise level contributes
+    about equally; the denoiser's output does not depend on it."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, uncertainty: int = 0):
         super().__init__()
         self.net = net
         self.sigma_data = float(sigma_data)
+        self.logvar_head = None
+        if uncertainty:
+            self.register_buffer("logvar_freqs", torch.randn(uncertainty))
+            self.register_buffer("logvar_phases", torch.rand(uncertainty))
+            self.logvar_head = nn.Linear(uncertainty, 1)
+
+    def logvar(self, sigma: torch.Tensor) -> torch.Tensor | None:
+        """EDM2's learned log-variance u(sigma) [B], or None without ``uncertainty``."""
+        if self.logvar_head is None:
+            return None
+        c = self.c_noise(sigma.float())
+        features = torch.cos(2 * math.pi * (torch.outer(c, self.logvar_freqs) + self.logvar_phases)) * math.sqrt(2)
+        return self.logvar_head(features)[:, 0]
 
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip, c_out, c_in), each shaped like ``sigma``."""
@@ -94,4 +114,19 @@ class VPrecond(EDMPrecond):
     c_out_sign = -1.0
 
 
-PRECONDS = {"edm": EDMPrecond, "eps": EpsPrecond, "x0": X0Precond, "v": VPrecond}
+class FlowPrecond(Precond):
+    """Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): the straight path
+    x_t = (1 - t) x0 + t n, with F predicting the velocity v = dx_t/dt = n - x0.
+
+    In the sigma convention x_sigma = x_t / (1 - t), so sigma = t / (1 - t) and t = sigma / (1 + sigma): the
+    network sees c_in x_sigma = x_t, and x0 = x_t - t v gives c_skip = c_in = 1 / (1 + sigma),
+    c_out = -sigma / (1 + sigma). The regression target (EDM Eq. 8) is then n - x0, the velocity, and the
+    uniform weighting 1 / c_out^2 makes the loss the flow-matching loss ||F - v||^2. ``sigma_data`` is unused:
+    the path itself fixes the scales."""
+
+    def scalings(self, sigma):
+        c_in = 1 / (1 + sigma)
+        return c_in, -sigma * c_in, c_in
+
+
+PRECONDS = {"edm": EDMPrecond, "eps": EpsPrecond, "x0": X0Precond, "v": VPrecond, "flow": FlowPrecond}

@@ -187,6 +187,20 @@ class LogNormalSigma:
         return (torch.randn(batch_size, generator=generator) * self.P_std + self.P_mean).exp()
 
 
+class UniformTimeSigma:
+    """Flow matching's uniform training times (Lipman et al. 2023): t ~ U(eps, 1 - eps), sigma = t / (1 - t)
+    (mmdiff.core.precond.FlowPrecond). Its logit-normal alternative (Esser et al. 2024, "SD3") is
+    LogNormalSigma, since logit(t) = ln sigma: P_mean = ln(shift) adds SD3's resolution shift
+    t -> shift t / (1 + (shift - 1) t), which is sigma -> shift sigma."""
+
+    def __init__(self, eps: float = 1e-5):
+        self.eps = float(eps)
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        t = self.eps + (1 - 2 * self.eps) * torch.rand(batch_size, generator=generator)
+        return t / (1 - t)
+
+
 class DiscreteVPSigma:
     """DDPM's training distribution: t ~ U{0..T-1}, sigma = sigma(alpha_bar_t).
 

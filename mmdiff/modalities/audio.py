@@ -1,10 +1,9 @@
 """The audio modality: waveforms <-> model space (through a representation of ``spectral.py``), WAV files,
-spectrogram images, an HTML page to listen to samples in a browser, and gap editing that keeps the
+spectrogram images, the gallery page to listen to samples in a browser, and gap editing that keeps the
 untouched audio bit for bit."""
 
 from __future__ import annotations
 
-import html
 import inspect
 import math
 from collections.abc import Sequence
@@ -23,7 +22,9 @@ from ..core.editing import gap_mask
 from ..data.audio import PEAK, SILENCE, read_audio
 from ..errors import UserError
 from .base import Loaded, Modality, pad_or_crop
+from .gallery import Cell, Shown
 from .grid import grid_image, grid_rows, label_names
+from .media import Media, Picture, Sound
 from .spectral import REPRESENTATIONS, stft_magnitude
 
 SPEC_N_FFT = 254      # spectrogram images: 128 frequency rows
@@ -119,8 +120,9 @@ class AudioModality(Modality):
     def write_samples(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                       out_dir: Path) -> list[Path]:
         """In ``out_dir`` (created): sample_00000.wav (PCM 16-bit) and sample_00000.png (its spectrogram)
-        per sample in batch order, grid.png and grid.wav (:meth:`write_grid`) and index.html, a page that
-        lists every sample with a player and its spectrogram. Returns the paths written, index.html last."""
+        per sample in batch order, grid.png and grid.wav (:meth:`write_grid`) and index.html, the gallery page
+        (:meth:`write_gallery`): every sample with a player and its spectrogram. Returns the paths written,
+        index.html last."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         waves = data[:, 0]
@@ -134,9 +136,7 @@ class AudioModality(Modality):
             paths += [wav, png]
         grid = self.write_grid(data, labels, class_names, out_dir / "grid.png")
         paths += [grid, grid.with_suffix(".wav")]
-        index = out_dir / "index.html"
-        index.write_text(_index_html(len(waves), names, grid.name, grid.with_suffix(".wav").name), encoding="utf-8")
-        return paths + [index]
+        return paths + [self.write_gallery(out_dir, len(waves), labels, class_names)]
 
     def write_grid(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                    path: Path) -> Path:
@@ -152,6 +152,30 @@ class AudioModality(Modality):
         parts = [p for i in order for p in (gap, waves[i])][1:]  # the gaps go between samples only
         sf.write(path.with_suffix(".wav"), torch.cat(parts).numpy(), self.sample_rate, subtype="PCM_16")
         return path
+
+    def media(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None) -> list[Media]:
+        """The grid of spectrograms as a picture named "spectrograms", then each sample as a sound with its
+        spectrogram, named by its index and class (``03_pluck``)."""
+        waves = data[:, 0].float()
+        names = label_names(labels, class_names, len(waves))
+        pictures = [self.spectrogram_image(w) for w in waves]
+        grid = np.asarray(grid_image(torch.stack(pictures), labels, class_names))
+        sounds = [Sound(f"{i:02d}" + (f"_{_tag(names[i])}" if names else ""), w.numpy(), self.sample_rate,
+                        p.permute(1, 2, 0).numpy()) for i, (w, p) in enumerate(zip(waves, pictures))]
+        return [Picture("spectrograms", grid.reshape(*grid.shape[:2], -1)), *sounds]
+
+    def gallery_cells(self, n: int, labels: torch.Tensor | None,
+                      class_names: list[str] | None) -> tuple[list[Shown], list[Cell]]:
+        """grid.png (the spectrograms, a row per class) and grid.wav (every sample in grid order); a cell per
+        sample: its player and its spectrogram."""
+        names = label_names(labels, class_names, n)
+        cells = [Cell(i, names[i] if names else None,
+                      (Shown("audio", f"sample_{i:05d}.wav", f"sample {i}"),
+                       Shown("image", f"sample_{i:05d}.png", f"spectrogram of sample {i}")))
+                 for i in range(n)]
+        overview = [Shown("image", "grid.png", "Spectrograms of all samples" + (", a row per class" if names else "")),
+                    Shown("audio", "grid.wav", "All samples in grid order")]
+        return overview, cells
 
     def read_samples(self, paths: Sequence[Path]) -> torch.Tensor:
         """WAVs at this sample rate -> [N, 1, T] (mixed to mono; shorter ones zero-padded to the longest)."""
@@ -275,29 +299,6 @@ def _spectrogram_db(wave: torch.Tensor) -> torch.Tensor:
     return 20 * torch.log10(stft_magnitude(wave.float(), SPEC_N_FFT, hop) + 1e-10)
 
 
-def _index_html(n: int, names: list[str] | None, grid_png: str, grid_wav: str) -> str:
-    """A self-contained page (relative links only) with the grid and a row per sample."""
-    rows = "\n".join(
-        f'<tr><td>{i}</td>' + (f"<td>{html.escape(names[i])}</td>" if names else "")
-        + f'<td><audio controls preload="none" src="sample_{i:05d}.wav"></audio></td>'
-        f'<td><img src="sample_{i:05d}.png" alt="spectrogram of sample {i}" loading="lazy"></td></tr>'
-        for i in range(n))
-    head = "<th>#</th>" + ("<th>class</th>" if names else "") + "<th>listen</th><th>spectrogram</th>"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>mmdiff: {n} audio samples</title>
-<style>body {{ font-family: sans-serif; margin: 1em; }} td, th {{ padding: 2px 8px; text-align: left; }}</style>
-</head>
-<body>
-<h1>{n} audio samples</h1>
-<p><img src="{grid_png}" alt="spectrograms of all samples, a row per class"></p>
-<p>All samples in grid order: <audio controls preload="none" src="{grid_wav}"></audio></p>
-<table>
-<tr>{head}</tr>
-{rows}
-</table>
-</body>
-</html>
-"""
+def _tag(text: str) -> str:
+    """A class name as part of a logger's tag: letters, digits, - and _ (others become _)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)

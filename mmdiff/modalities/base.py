@@ -15,17 +15,23 @@ Three spaces:
 
 from __future__ import annotations
 
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from ..errors import UserError
+from .gallery import Cell, Page, Shown, write_page
+from .grid import label_names
+from .media import Media, Picture
 
 
 # The top-level options that mark what an edit regenerates, over all built-in modalities; each modality
@@ -118,7 +124,8 @@ class Modality(ABC):
     def write_samples(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                       out_dir: Path) -> list[Path]:
         """Write decoded samples into ``out_dir`` (created): ``sample_00000.<sample_suffix>`` ... in batch
-        order, a grid, and whatever else shows them. Returns the paths written."""
+        order, a grid, and whatever else shows them (the built-in modalities: the gallery page index.html,
+        :meth:`write_gallery`, last). Returns the paths written."""
 
     @abstractmethod
     def write_grid(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
@@ -130,6 +137,39 @@ class Modality(ABC):
     def read_samples(self, paths: Sequence[Path]) -> torch.Tensor:
         """Sample files written by :meth:`write_samples` -> data [N, ...], in the given order. A file that
         cannot be read, or does not fit the others, is a UserError."""
+
+    # --- previews: what loggers show and what the gallery page holds ------------------------------
+
+    def media(self, data: torch.Tensor, labels: torch.Tensor | None,
+              class_names: list[str] | None) -> list[Media]:
+        """Decoded samples -> what a logger shows of them (mmdiff.modalities.media: pictures, sounds, clips),
+        each with a name that stays the same from one preview to the next. The default: the preview image of
+        :meth:`write_grid`, as one picture named "grid"."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.write_grid(data, labels, class_names, Path(tmp) / "grid.png")
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("L" if im.mode == "L" else "RGB"))
+        return [Picture("grid", pixels.reshape(*pixels.shape[:2], -1))]
+
+    def gallery_cells(self, n: int, labels: torch.Tensor | None,
+                      class_names: list[str] | None) -> tuple[list[Shown], list[Cell]]:
+        """The gallery page's content for ``n`` samples as :meth:`write_samples` names its files: the overview
+        items (the grid) and a cell per sample (its files, its class name). The default: grid.png and
+        ``sample_XXXXX.<sample_suffix>``, each shown by the kind its suffix says."""
+        names = label_names(labels, class_names, n)
+        cells = [Cell(i, names[i] if names else None,
+                      (Shown.of(f"sample_{i:05d}.{self.sample_suffix}", f"sample {i}"),)) for i in range(n)]
+        return [Shown("image", "grid.png", "All samples, a row per class" if names else "All samples")], cells
+
+    def write_gallery(self, out_dir: Path, n: int, labels: torch.Tensor | None, class_names: list[str] | None,
+                      page: Page | None = None) -> Path:
+        """``out_dir``/index.html (mmdiff.modalities.gallery): the ``n`` samples that :meth:`write_samples` wrote
+        there, cell by cell, under ``page``'s sampler settings and run config. Returns its path."""
+        overview, cells = self.gallery_cells(n, labels, class_names)
+        page = page or Page()
+        if page.title is None:
+            page = replace(page, title=f"{n} {self.name} samples")
+        return write_page(Path(out_dir) / "index.html", overview, cells, page)
 
     # --- editing ---------------------------------------------------------------------------------
 

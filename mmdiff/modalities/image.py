@@ -1,5 +1,5 @@
-"""The image modality: pixels in [0, 1] <-> model space [-1, 1]; PNG files, labelled grids, box and mask
-inpainting."""
+"""The image modality: pixels in [0, 1] <-> model space [-1, 1]; PNG files, labelled grids, a gallery page,
+box and mask inpainting."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ..data.images import read_image
 from ..errors import UserError
 from .base import Loaded, Modality
 from .grid import grid_image, to_pil
+from .media import Media, Picture
 
 
 class ImageModality(Modality):
@@ -47,7 +48,8 @@ class ImageModality(Modality):
 
     def write_samples(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                       out_dir: Path) -> list[Path]:
-        """One PNG per sample (sample_00000.png, ... in batch order) and grid.png; the grid last."""
+        """One PNG per sample (sample_00000.png, ... in batch order), grid.png, and index.html (every image
+        with its label: :meth:`write_gallery`, whose default cells fit these files), in that order."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -55,7 +57,8 @@ class ImageModality(Modality):
             path = out_dir / f"sample_{i:05d}.png"
             to_pil(image.permute(1, 2, 0).numpy()).save(path)
             paths.append(path)
-        return paths + [self.write_grid(data, labels, class_names, out_dir / "grid.png")]
+        paths.append(self.write_grid(data, labels, class_names, out_dir / "grid.png"))
+        return paths + [self.write_gallery(out_dir, len(data), labels, class_names)]
 
     def write_grid(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                    path: Path) -> Path:
@@ -64,6 +67,11 @@ class ImageModality(Modality):
         path.parent.mkdir(parents=True, exist_ok=True)
         grid_image(data, labels, class_names).save(path)
         return path
+
+    def media(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None) -> list[Media]:
+        """The labelled grid, as one picture named "grid"."""
+        pixels = np.asarray(grid_image(data, labels, class_names))
+        return [Picture("grid", pixels.reshape(*pixels.shape[:2], -1))]
 
     def read_samples(self, paths: Sequence[Path]) -> torch.Tensor:
         """PNGs -> uint8 [N, C, H, W] (C from the mode: L -> 1, RGB -> 3; others converted to RGB)."""

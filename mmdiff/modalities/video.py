@@ -1,10 +1,9 @@
 """The video modality: clips [N, C, T, H, W] (time the first spatial axis) <-> model space [-1, 1];
-animated GIFs (and MP4 with the ``video`` extra), filmstrip grids, a page that plays every clip, and
-context frames: the frames an edit keeps."""
+animated GIFs (and MP4 with the ``video`` extra), filmstrip grids, the gallery page that plays every clip,
+and context frames: the frames an edit keeps."""
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +16,10 @@ from PIL import Image, ImageSequence
 from ..data.video import import_av, read_video
 from ..errors import UserError
 from .base import Loaded, Modality
+from .gallery import Cell, Shown
 from .grid import grid_image, grid_rows, label_names, to_pil
 from .image import ImageModality
+from .media import Clip, Media
 
 COMMENT = re.compile(rb"mmdiff frame_ms=(\d+) channels=(\d)")
 
@@ -72,11 +73,10 @@ class VideoModality(Modality):
     def write_samples(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                       out_dir: Path) -> list[Path]:
         """sample_00000.gif ... (and .mp4 with ``mp4``), grid.png (a filmstrip: a row per clip, frames left to
-        right) with grid.gif (the clips playing side by side), and index.html, a page that plays every clip
-        beside its label. Returns the paths written, index.html last."""
+        right) with grid.gif (the clips playing side by side), and index.html, the gallery page that plays every
+        clip beside its label (:meth:`write_gallery`). Returns the paths written, index.html last."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        names = label_names(labels, class_names, len(data))
         paths = []
         for i, clip in enumerate(data):
             paths.append(write_gif(clip, out_dir / f"sample_{i:05d}.gif", self.fps))
@@ -84,9 +84,7 @@ class VideoModality(Modality):
                 paths.append(write_mp4(clip, out_dir / f"sample_{i:05d}.mp4", self.fps))
         grid = self.write_grid(data, labels, class_names, out_dir / "grid.png")
         paths += [grid, grid.with_suffix(".gif")]
-        index = out_dir / "index.html"
-        index.write_text(_index_html(len(data), names, self.mp4), encoding="utf-8")
-        return paths + [index]
+        return paths + [self.write_gallery(out_dir, len(data), labels, class_names)]
 
     def write_grid(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None,
                    path: Path) -> Path:
@@ -104,6 +102,22 @@ class VideoModality(Modality):
         pages = [grid_image(data[:, :, t], labels, class_names) for t in range(T)]
         _save_gif(pages, path.with_suffix(".gif"), self.fps)
         return path
+
+    def media(self, data: torch.Tensor, labels: torch.Tensor | None, class_names: list[str] | None) -> list[Media]:
+        """The grid of clips playing (a row per class, labelled), as one clip named "grid"."""
+        pages = [np.asarray(grid_image(data[:, :, t], labels, class_names)) for t in range(data.shape[2])]
+        frames = np.stack([p.reshape(*p.shape[:2], -1) for p in pages])
+        return [Clip("grid", frames, self.fps)]
+
+    def gallery_cells(self, n: int, labels: torch.Tensor | None,
+                      class_names: list[str] | None) -> tuple[list[Shown], list[Cell]]:
+        """grid.gif (every clip playing); a cell per clip: its GIF (and its MP4 with ``mp4``)."""
+        names = label_names(labels, class_names, n)
+        cells = [Cell(i, names[i] if names else None,
+                      (Shown("image", f"sample_{i:05d}.gif", f"clip {i}"),
+                       *([Shown("video", f"sample_{i:05d}.mp4", f"clip {i}")] if self.mp4 else [])))
+                 for i in range(n)]
+        return [Shown("image", "grid.gif", "Every clip playing" + (", a row per class" if names else ""))], cells
 
     def read_samples(self, paths: Sequence[Path]) -> torch.Tensor:
         """GIFs written by :meth:`write_samples` -> uint8 [N, C, T, H, W] (C: 1 for grayscale, 3 for colour)."""
@@ -215,27 +229,3 @@ def write_mp4(clip: torch.Tensor, path: Path, fps: float) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
-
-
-def _index_html(n: int, names: list[str] | None, mp4: bool) -> str:
-    """A self-contained page (relative links only): the grid playing, then every clip with its label."""
-    def cell(i: int) -> str:
-        video = (f'<video src="sample_{i:05d}.mp4" autoplay loop muted playsinline></video>' if mp4 else "")
-        label = f"<figcaption>{i}" + (f": {html.escape(names[i])}" if names else "") + "</figcaption>"
-        return f'<figure><img src="sample_{i:05d}.gif" alt="clip {i}">{video}{label}</figure>'
-    cells = "\n".join(cell(i) for i in range(n))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>mmdiff: {n} clips</title>
-<style>body {{ font-family: sans-serif; margin: 1em; }} figure {{ display: inline-block; margin: 4px; }}
-img, video {{ image-rendering: pixelated; width: 128px; }} figcaption {{ text-align: center; }}</style>
-</head>
-<body>
-<h1>{n} clips</h1>
-<p><img src="grid.gif" alt="every clip playing, a row per class" style="width: auto"></p>
-{cells}
-</body>
-</html>
-"""

@@ -29,6 +29,7 @@ from ..eval.evaluate import check_inception, evaluate, format_table, read_sample
 from ..eval.evaluator import Evaluator, load_or_train_evaluator
 from ..eval.metrics import psnr, ssim
 from ..generate import Guidance, from_noise, generate
+from ..loggers import build_loggers
 from ..model import Model
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def reference_data(run_cfg: dict, options: dict) -> tuple[Dataset, Dataset | Non
     return train, reference, f"split {split} (held out; the model trained on {trained})"
 
 
-def _evaluator(train: Dataset, reference: Dataset | None, modality, run_cfg: dict, options: dict,
+def evaluator_for(train: Dataset, reference: Dataset | None, modality, run_cfg: dict, options: dict,
                retrain: bool) -> Evaluator:
     return load_or_train_evaluator(train, modality, held_out_data=reference, data_root=run_cfg["dataset"].get("root"),
                                    retrain=retrain, **dict(options["evaluator"] or {}))
@@ -80,13 +81,13 @@ def _as_frames(dataset: Dataset | None, modality) -> tuple[Dataset | None, objec
                    f"{dataset.name} frames"), frame_modality
 
 
-def _frame_evaluator(train: Dataset, reference: Dataset | None, modality, run_cfg: dict, options: dict,
+def frame_evaluator_for(train: Dataset, reference: Dataset | None, modality, run_cfg: dict, options: dict,
                      retrain: bool) -> Evaluator | None:
     """For data made of frames (video): an evaluator of single frames, trained on the training items' frames."""
     frames, frame_modality = _as_frames(train, modality)
     if frames is None:
         return None
-    return _evaluator(frames, _as_frames(reference, modality)[0], frame_modality, run_cfg, options, retrain)
+    return evaluator_for(frames, _as_frames(reference, modality)[0], frame_modality, run_cfg, options, retrain)
 
 
 def _generate(cfg: DictConfig, model: Model):
@@ -170,8 +171,8 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
                         f"dataset now has {train.class_names}: point eval.data_root at the data it was trained on")
     if reference is None:
         warnings.warn(f"mode=eval compares with {described}", stacklevel=2)
-    evaluator = _evaluator(train, reference, modality, run_cfg, options, bool(options["retrain"]))
-    frame_evaluator = _frame_evaluator(train, reference, modality, run_cfg, options, bool(options["retrain"]))
+    evaluator = evaluator_for(train, reference, modality, run_cfg, options, bool(options["retrain"]))
+    frame_evaluator = frame_evaluator_for(train, reference, modality, run_cfg, options, bool(options["retrain"]))
     if samples_dir:
         fake, labels = read_samples_folder(samples_dir, modality, train.class_names)
         source = {"samples": str(samples_dir)}
@@ -192,7 +193,26 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(format_table(result))
     log.info("wrote %s", out / "eval.json")
+    if cfg.get("logger"):
+        log_result(result, to_container(cfg), out, ckpt.step if ckpt else 0)
     return result
+
+
+def log_result(result: dict, config: dict, out_dir: Path, step: int) -> None:
+    """mode=eval's table to the loggers of ``config["logger"]``, in ``out_dir``, at ``step`` (the checkpoint's):
+    each metric and its real-vs-real floor as scalars ``eval/<metric>`` and ``eval/<metric>_floor``, the
+    prediction scores as ``eval/prediction/<score>``, the table (metric, samples, floor), and this command's
+    config with what was measured."""
+    metrics = result["metrics"]
+    scalars = {f"eval/{name}{suffix}": m[key] for name, m in metrics.items()
+               for key, suffix in (("samples", ""), ("floor", "_floor")) if isinstance(m.get(key), (int, float))}
+    scalars |= {f"eval/prediction/{k}": v for k, v in (result.get("prediction") or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    rows = [[name, m.get("samples"), m.get("floor")] for name, m in metrics.items()]
+    with build_loggers(config["logger"], out_dir) as loggers:
+        loggers.log_config(config | {"source": result["source"], "split": result["split"]}, step)
+        loggers.log_scalars(scalars, step)
+        loggers.log_table("eval", ["metric", "samples", "floor"], rows, step)
 
 
 def train_evaluator_from_config(cfg: DictConfig) -> Evaluator:
@@ -202,7 +222,7 @@ def train_evaluator_from_config(cfg: DictConfig) -> Evaluator:
     run_cfg, _ = _run_config(cfg)
     modality = build_modality(run_cfg["modality"])
     train, reference, described = reference_data(run_cfg, options)
-    evaluator = _evaluator(train, reference, modality, run_cfg, options, retrain=True)
+    evaluator = evaluator_for(train, reference, modality, run_cfg, options, retrain=True)
     print(f"evaluator for {train.name} ({modality.name}, {train.num_classes} classes): accuracy "
           f"{evaluator.held_out_accuracy:.4f} on {evaluator.info['n_held_out']} held-out samples ({described}), "
           f"trained in {evaluator.info['seconds']} s, cached at {evaluator.path}")

@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..build import build_sigmas
+from ..build import build_sigmas, sampler_settings
 from ..core.editing import continuation_mask, interpolate_noise, sdedit
 from ..core.trajectory import Trajectory, forward_process
 from ..errors import UserError
 from ..generate import Guidance, from_noise, generate
 from ..modalities.base import MASK_OPTIONS, Loaded, Modality
+from ..modalities.gallery import Page
 from ..model import Model
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     labels = model.labels(cfg["class"], cfg.n)
     sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
     options, sampler = dict(cfg.sampler.options), cfg.sampler.name
-    guidance, out = Guidance.from_config(cfg), Path(cfg.out)
+    guidance, out = Guidance.from_config(cfg, model.guide(cfg.get("guide"))), Path(cfg.out)
     trajectory = Trajectory(frames=10, steps=len(sigmas) - 1) if cfg.trajectory else None
     given = edit_options(cfg, modality)
     if cfg.extend is not None and cfg.init is None:
@@ -94,18 +95,20 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     data = modality.decode(x)
     if keep is not None:
         data = modality.restore(data, loaded, keep)
-    paths = _write(modality, data, labels, names, out)
+    paths = _write(cfg, model, data, labels, out)
     if trajectory is not None:
         paths += _write_trajectories(modality, trajectory, x, cfg, out)
     log.info("wrote %d files to %s", len(paths), out)
     return paths
 
 
-def _write(modality: Modality, data: torch.Tensor, labels: torch.Tensor | None, names: list[str],
-           out: Path) -> list[Path]:
-    """The modality's files, and labels.json: the class of each sample in file order (mode=eval samples=FOLDER
-    reads it)."""
+def _write(cfg: DictConfig, model: Model, data: torch.Tensor, labels: torch.Tensor | None, out: Path) -> list[Path]:
+    """The modality's files; the gallery page with the sampler settings and the model's config at the top; and
+    labels.json: the class of each sample in file order (mode=eval samples=FOLDER reads it)."""
+    modality, names = model.modality, model.class_names
     paths = modality.write_samples(data, labels, names or None, out)
+    modality.write_gallery(out, len(data), labels, names or None,
+                           Page(None, sampler_settings(cfg, ema=cfg.ema), model.config))
     if labels is not None:
         (out / "labels.json").write_text(json.dumps([names[i] for i in labels.tolist()]) + "\n")
         paths.append(out / "labels.json")
@@ -123,7 +126,7 @@ def _extend(cfg: DictConfig, model: Model, loaded: Loaded, labels, sigmas, guida
     keep = continuation_mask(x.shape[1:], shape[modality.time_dim(shape) - 1], time_dim=modality.time_dim(shape) - 1)
     data = modality.restore(modality.decode(x), loaded, keep)
     log.info("extended %s by %s %s into %s", cfg.init, cfg.extend, modality.time_unit, out)
-    return _write(modality, data, None if y is None else y.cpu(), model.class_names, out)
+    return _write(cfg, model, data, None if y is None else y.cpu(), out)
 
 
 def _write_trajectories(modality: Modality, trajectory: Trajectory, x: torch.Tensor, cfg, out: Path) -> list[Path]:

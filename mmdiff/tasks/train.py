@@ -3,8 +3,9 @@
 Each step draws a global batch x0 with noise levels sigma, denoises x0 + sigma * n and minimises the
 weighted error lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2 (EDM Eq. 2) with AdamW. Around it:
 learning-rate warm-up, gradient clipping, EMA, label dropout for classifier-free guidance, mixed
-precision, gradient accumulation, torch.compile, DistributedDataParallel under torchrun, metrics.csv,
-a progress bar, periodic previews and atomic checkpoints.
+precision, gradient accumulation, torch.compile, DistributedDataParallel under torchrun, metrics.csv and
+the configured loggers (mmdiff.loggers: TensorBoard, W&B), a progress bar, periodic previews with their
+gallery page and atomic checkpoints.
 
 Randomness is keyed, not carried: the batch of step s is a function of (seed, s) (mmdiff.data.order); its
 noise levels and label dropout come from a generator seeded with (seed, s), identical on every process;
@@ -31,12 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..build import (CHANNELS_LAST, PRECISIONS, _instantiate, check_run_config, build_dataset, build_denoiser, build_modality,
+from ..build import (CHANNELS_LAST, PRECISIONS, _instantiate, check_run_config, sampler_settings, build_dataset, build_denoiser, build_modality,
                      build_sigmas, data_info, pick_device, resolve_labels, resolve_modality_config,
                      resolve_model_config, to_container)
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import SNAPSHOTS, Checkpoint, load_checkpoint, save_checkpoint, save_snapshot
 from ..core.context import context_input, draw_masks
 from ..core.ema import EMA
+from ..core.phema import PowerEMA
 from ..core.guidance import drop_labels
 from ..core.losses import denoising_loss
 from ..core.schedules import append_dims
@@ -45,6 +47,8 @@ from ..data.stream import batch_loader
 from ..distributed import World, any_true, close_world, init_world, mean_over_world
 from ..errors import UserError
 from ..generate import Guidance, from_noise, generate
+from ..loggers import Loggers, build_loggers, check_loggers
+from ..modalities.gallery import Page
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,9 @@ class Run:
     step: int = 0
     samples_seen: int = 0
     ckpt_path: Path = field(default=Path("last.safetensors"))
+    loggers: Loggers = field(default_factory=Loggers)  # the ``logger`` node's, on process 0 (none elsewhere)
+    previewed: int | None = None    # the step of the last preview
+    power_ema: PowerEMA | None = None  # post-hoc EMA's power-function averages (trainer.phema), or None
 
     @property
     def device(self) -> torch.device:
@@ -136,6 +143,7 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
     """Data, model, optimizer, EMA and state (from ``trainer.resume`` if given) for ``cfg``."""
     t = cfg.trainer
     device = world.device
+    check_loggers(cfg.get("logger"))  # a missing extra or a misspelt option, before the data is loaded
     if t.precision == "fp16" and device.type != "cuda":
         raise UserError("trainer.precision=fp16 needs a GPU (float16 autocast with a gradient scaler): "
                         "use trainer.precision=bf16 or fp32 on the CPU")
@@ -177,6 +185,7 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
     opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     ema = EMA(denoiser, t.ema_halflife, t.ema_rampup)
+    power_ema = PowerEMA(denoiser, t.phema.sigma_rels) if t.phema.sigma_rels else None
     batch_size = min(t.batch_size, len(dataset))
     micro = _micro_batch(batch_size, world, t.grad_accum)
     share = micro * t.grad_accum
@@ -190,13 +199,20 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
               (dataset.data.to(device) if windows else modality.encode(dataset.data).to(device)),
               windows=windows, context=context, time_dim=time_dim, independent=independent,
               memory_format=memory_format, conditional=bool(model_cfg.get("num_classes")),
-              ckpt_path=run_dir / "last.safetensors")
+              ckpt_path=run_dir / "last.safetensors", power_ema=power_ema)
 
+    logger_state = {}
     if t.resume:
         ckpt = load_checkpoint(t.resume)
         _check_resume(ckpt, resolved, info, t.resume)
         denoiser.load_state_dict(ckpt.model)
         ema.averaged.load_state_dict(ckpt.ema)
+        if power_ema is not None:
+            for sigma_rel, averaged in zip(power_ema.sigma_rels, power_ema.averaged):
+                if str(sigma_rel) not in ckpt.averages:
+                    raise UserError(f"trainer.resume={t.resume} holds no power-function EMA of sigma_rel {sigma_rel}: "
+                                    "resume with the trainer.phema.sigma_rels it was trained with")
+                averaged.load_state_dict(ckpt.averages[str(sigma_rel)])
         if ckpt.optimizer is not None:
             opt.load_state_dict(ckpt.optimizer)
         if "scaler" in ckpt.extra:
@@ -205,6 +221,7 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
         if device.type == "cuda" and "cuda" in ckpt.rng:
             torch.cuda.set_rng_state(ckpt.rng["cuda"], device)
         run.step, run.samples_seen = ckpt.step, ckpt.samples_seen
+        logger_state = ckpt.extra.get("loggers", {})
         log.info("resumed from %s at step %d", t.resume, run.step)
 
     if streamed:
@@ -221,6 +238,9 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
         log.info("training %s (%.2fM parameters) on %s: %d items of shape %s, %d classes; run folder %s",
                  model_cfg.get("_target_"), sum(p.numel() for p in params) / 1e6, dataset.name, len(dataset),
                  info["shape"], len(dataset.class_names), run_dir)
+        # last: nothing after this may fail and leave a tracker's run open (train closes them)
+        run.loggers = build_loggers(resolved.get("logger"), run_dir, resume_step=run.step if t.resume else None,
+                                    state=logger_state)
     return run
 
 
@@ -301,12 +321,20 @@ def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tenso
         with (nullcontext() if sync else run.model.no_sync()), autocast:
             denoised = run.model(x_noisy, s, None if b.labels is None else b.labels[part], **b.conditions(part))
         mask = None if b.unknown is None else b.unknown[part]
-        loss = denoising_loss(denoised, x, run.weighting(s, run.denoiser), mask).mean() / t.grad_accum
+        loss = denoising_loss(denoised, x, run.weighting(s, run.denoiser), mask, run.denoiser.logvar(s)).mean()
+        loss = loss / t.grad_accum
         run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     run.scaler.unscale_(run.opt)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.denoiser.parameters(), t.grad_clip if t.grad_clip else math.inf)
     return loss_sum, grad_norm
+
+
+def learning_rate(t: DictConfig, step: int, samples_seen: int) -> float:
+    """``trainer.lr`` with a linear warm-up over ``warmup_steps`` and, with ``lr_decay_samples``, EDM2's inverse
+    square-root decay counted in samples (Karras et al. 2024, Eq. 16): lr / sqrt(max(samples_seen / ref, 1))."""
+    lr = t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
+    return lr / (max(samples_seen / t.lr_decay_samples, 1.0) ** 0.5) if t.lr_decay_samples else lr
 
 
 # --- previews and checkpoints ------------------------------------------------------------------------
@@ -321,16 +349,28 @@ def checkpoint(run: Run) -> None:
     rng = {"torch": torch.get_rng_state()}
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    extra = {"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {}
+    if logger_state := run.loggers.state():  # e.g. the W&B run id, which a resumed run reopens
+        extra["loggers"] = logger_state
     save_checkpoint(run.ckpt_path, Checkpoint(
         config=run.resolved, data=run.info, step=run.step, samples_seen=run.samples_seen,
         model=run.denoiser.state_dict(), ema=run.ema.averaged.state_dict(), optimizer=run.opt.state_dict(), rng=rng,
-        extra={"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {}))
+        averages={} if run.power_ema is None else {str(s): a.state_dict() for s, a in
+                                                   zip(run.power_ema.sigma_rels, run.power_ema.averaged)},
+        extra=extra))
 
 
-def preview(run: Run) -> Path | None:
-    """A grid of ``n`` samples from the EMA weights, as mode=sample would draw them (process 0)."""
+def preview(run: Run, final: bool = False) -> Path | None:
+    """``n`` samples from the EMA weights, as mode=sample would draw them (process 0): the grid
+    ``samples/step_XXXXXXX.png`` and the gallery page ``samples/index.html`` (the latest grid, the earlier ones
+    below; at the ``final`` preview also every sample's files, cell by cell: writing them at every preview
+    would cost an audio run seconds of its budget); and the same to the loggers."""
     if not run.world.is_main:
         return None
+    grid = run.run_dir / "samples" / f"step_{run.step:07d}.png"
+    repeated = run.previewed == run.step  # the loop's last preview was at this step: the same samples
+    if repeated and not final:
+        return grid
     cfg = run.cfg
     names = run.class_names if run.conditional else []
     labels = resolve_labels(None, cfg.n, names)
@@ -338,8 +378,21 @@ def preview(run: Run) -> Path | None:
     solve = from_noise(run.info["shape"], cfg.sampler.name, sigmas, dict(cfg.sampler.options), device=run.device)
     x = generate(run.ema.averaged, solve, n=cfg.n, labels=labels, null_label=len(run.class_names),
                  guidance=Guidance.from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=run.device)
-    return run.modality.write_grid(run.modality.decode(x), labels, names or None,
-                                   run.run_dir / "samples" / f"step_{run.step:07d}.png")
+    data, folder, modality = run.modality.decode(x), grid.parent, run.modality
+    modality.write_grid(data, labels, names or None, grid)
+    if final:
+        modality.write_samples(data, labels, names or None, folder)
+    else:
+        modality.write_grid(data, labels, names or None, folder / "grid.png")
+    history = [(f"step {int(p.stem.removeprefix('step_'))}", p.name)
+               for p in sorted(folder.glob("step_*.png"), reverse=True)]
+    modality.write_gallery(folder, len(data) if final else 0, labels if final else None, names or None,
+                           Page(f"Training preview at step {run.step}", sampler_settings(cfg, ema=True),
+                                run.resolved, history))
+    if run.loggers and not repeated:
+        run.loggers.log_media(modality.media(data, labels, names or None), run.step)
+    run.previewed = run.step
+    return grid
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -349,7 +402,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Path:
     check_run_config(cfg)
     world = init_world(pick_device(cfg.device))
     try:
-        return _loop(build_run(cfg, Path(run_dir), world))
+        run = build_run(cfg, Path(run_dir), world)
+        try:
+            return _loop(run)
+        finally:
+            run.loggers.close()
     finally:
         close_world(world)
 
@@ -359,6 +416,7 @@ def _loop(run: Run) -> Path:
     if world.is_main:
         (run.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(run.resolved), run.run_dir / "config.yaml")
+        run.loggers.log_config(run.resolved, run.step)
     metrics = MetricsLog(run.run_dir / "metrics.csv", run.modality.unit,
                          run.step if t.resume else None) if world.is_main else None
     bar = tqdm(total=t.max_steps, initial=run.step, disable=not (t.progress and world.is_main), dynamic_ncols=True,
@@ -382,7 +440,7 @@ def _loop(run: Run) -> Path:
             bad = ~torch.isfinite(loss) if run.scaler.is_enabled() else ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
             if not run.scaler.is_enabled():
                 run.opt.found_inf = bad.float()
-            lr = t.lr * min(1.0, (run.step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
+            lr = learning_rate(t, run.step, run.samples_seen)
             for group in run.opt.param_groups:
                 group["lr"] = lr
             run.scaler.step(run.opt)
@@ -390,6 +448,11 @@ def _loop(run: Run) -> Path:
             run.step += 1
             run.samples_seen += run.batch_size
             run.ema.update(run.denoiser, run.batch_size, run.samples_seen)
+            if run.power_ema is not None:
+                run.power_ema.update(run.denoiser, run.batch_size, run.samples_seen)
+                if run.world.is_main and run.step % t.phema.snapshot_every == 0:
+                    save_snapshot(run.run_dir / SNAPSHOTS, run.samples_seen,
+                                  dict(zip(run.power_ema.sigma_rels, (a.state_dict() for a in run.power_ema.averaged))))
             skipped += bad
             in_a_row = (in_a_row + 1) * bad
             loss_sum += torch.where(bad, 0.0, loss)
@@ -406,10 +469,11 @@ def _loop(run: Run) -> Path:
                 now = time.perf_counter()
                 rate = window_steps * run.batch_size / (now - window_start)
                 if world.is_main:
-                    metrics.write({"step": run.step, "samples_seen": run.samples_seen,
-                                   "seconds": round(now - start, 3), "loss": f"{mean_loss:.6g}", "lr": f"{lr:.6g}",
-                                   "grad_norm": f"{grad_norm.item():.4g}", metrics.fields[6]: round(rate, 1),
-                                   "skipped": int(skipped.item())})
+                    row = {"step": run.step, "samples_seen": run.samples_seen, "seconds": round(now - start, 3),
+                           "loss": f"{mean_loss:.6g}", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm.item():.4g}",
+                           metrics.fields[6]: round(rate, 1), "skipped": int(skipped.item())}
+                    metrics.write(row)
+                    run.loggers.log_scalars({f"train/{k}": float(v) for k, v in row.items() if k != "step"}, run.step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", **{f"{run.modality.unit}/s": f"{rate:.0f}"})
                     # with a time budget, show the bar against the steps that will fit in it
                     steps_per_s = window_steps / (now - window_start)
@@ -431,8 +495,11 @@ def _loop(run: Run) -> Path:
             metrics.close()
 
     elapsed = time.perf_counter() - start
+    if run.power_ema is not None and world.is_main and run.step % t.phema.snapshot_every:  # the end, too
+        save_snapshot(run.run_dir / SNAPSHOTS, run.samples_seen,
+                      dict(zip(run.power_ema.sigma_rels, (a.state_dict() for a in run.power_ema.averaged))))
     checkpoint(run)
-    grid = preview(run)
+    grid = preview(run, final=True)
     if world.is_main:
         log.info("done: %d steps (%d samples, %d skipped) in %.1f s; checkpoint %s; samples %s", run.step,
                  run.samples_seen, int(skipped.item()), elapsed, run.ckpt_path, grid)

@@ -164,3 +164,28 @@ def test_dynamic_threshold_wraps_guided_and_conditional_denoisers():
     assert torch.equal(DynamicThreshold(d, 0.9)(x, s, y), dynamic_threshold(d(x, s, y), 0.9))  # labels pass through
     out = DynamicThreshold(guided, 0.9)(x, s)
     assert out.abs().max() <= 1.0 and (out.abs() == 1.0).any()
+
+
+# --- autoguidance (Karras et al. 2024) --------------------------------------------------------------
+
+def test_autoguidance_guides_away_from_the_weaker_model_with_the_same_labels():
+    main_calls, guide_calls = [], []
+
+    def main(x, sigma, labels=None):
+        main_calls.append(labels)
+        return x * 2 + (0 if labels is None else labels.view(-1, 1).float())
+
+    def weak(x, sigma, labels=None):
+        guide_calls.append(labels)
+        return x * 0.5
+
+    x, sigma, labels = torch.randn(3, 4), torch.ones(3), torch.tensor([0, 1, 2])
+    out = CFGDenoiser(main, labels, 2.5, null_label=3, guide=weak)(x, sigma)
+    assert torch.allclose(out, weak(x, sigma) + 2.5 * (main(x, sigma, labels) - weak(x, sigma)))
+    assert torch.equal(guide_calls[0], labels) and torch.equal(main_calls[0], labels)  # the null label is unused
+    # an unconditional model is guided too
+    assert torch.allclose(CFGDenoiser(main, None, 2.0, guide=weak)(x, sigma), 2 * (2 * x) - x * 0.5)
+    # scale 1 is the main model alone; outside the interval too
+    assert torch.equal(CFGDenoiser(main, labels, 1.0, guide=weak)(x, sigma), main(x, sigma, labels))
+    assert torch.equal(CFGDenoiser(main, labels, 3.0, guide=weak, interval=(2.0, 5.0))(x, sigma),
+                       main(x, sigma, labels))

@@ -53,3 +53,23 @@ def test_edm_weighting_is_eq8_and_equals_uniform_under_edm_preconditioning():
 def test_denoising_loss_is_per_sample():
     d, x0 = torch.ones(3, 2, 2), torch.zeros(3, 2, 2)
     assert denoising_loss(d, x0, torch.tensor([1.0, 2.0, 3.0])).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_learned_uncertainty_weighting_is_edm2s_and_is_optimal_at_the_log_error():
+    """EDM2 Eq. 21: loss = weight * error / exp(u) + u; for a fixed error its minimum over u is u = log(weight *
+    error), where the weighted loss per noise level is 1 + u."""
+    from mmdiff.core.losses import denoising_loss
+    from mmdiff.core.precond import EDMPrecond
+    g = torch.Generator().manual_seed(0)
+    x0, d = torch.randn(5, 2, 3, generator=g), torch.randn(5, 2, 3, generator=g)
+    w = torch.rand(5, generator=g) + 0.5
+    base = denoising_loss(d, x0, w)
+    u = torch.log(base).requires_grad_(True)
+    loss = denoising_loss(d, x0, w, logvar=u)
+    assert torch.allclose(loss, 1 + u.detach(), rtol=1e-6)
+    loss.sum().backward()
+    assert u.grad.abs().max() < 1e-6  # stationary: the minimum
+    p = EDMPrecond(torch.nn.Identity(), uncertainty=8)
+    sigma = torch.tensor([0.01, 1.0, 50.0])
+    assert p.logvar(sigma).shape == (3,) and EDMPrecond(torch.nn.Identity()).logvar(sigma) is None
+    assert {n for n, _ in p.named_parameters()} == {"logvar_head.weight", "logvar_head.bias"}  # trained with the net

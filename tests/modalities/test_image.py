@@ -50,7 +50,7 @@ def test_save_samples_writes_pngs_and_a_labelled_grid(tmp_path):
     labels = torch.tensor([0, 1, 0, 2, 1])
     out = tmp_path / "new" / "dir"
     paths = M.write_samples(M.decode(x), labels, ["zero", "one", "two"], out)
-    assert [p.name for p in paths] == [f"sample_{i:05d}.png" for i in range(5)] + ["grid.png"]
+    assert [p.name for p in paths] == [f"sample_{i:05d}.png" for i in range(5)] + ["grid.png", "index.html"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
     u8 = M.decode(x)
     for i in range(5):
@@ -58,7 +58,7 @@ def test_save_samples_writes_pngs_and_a_labelled_grid(tmp_path):
         assert png.size == (8, 8) and png.mode == "L"
         assert np.array_equal(np.asarray(png), u8[i, 0].numpy())
 
-    grid = Image.open(paths[-1])
+    grid = Image.open(paths[-2])
     left = label_column(["zero", "one", "two"])
     cell_size = 32  # 8 px upscaled 4x
     assert grid.mode == "L"
@@ -100,8 +100,8 @@ def test_wrapped_grid_size(tmp_path):
 def test_unlabelled_grid_is_square_ish(tmp_path, n):
     x = model_space(n, 1, 8, 8)
     paths = M.write_samples(M.decode(x), None, None, tmp_path)
-    assert len(paths) == n + 1
-    grid = Image.open(paths[-1])
+    assert len(paths) == n + 2 and paths[-1].name == "index.html"
+    grid = Image.open(paths[-2])
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     assert grid.size == (cols * (32 + PAD) + PAD, rows * (32 + PAD) + PAD)
@@ -116,7 +116,7 @@ def test_three_channels(tmp_path):
     png = Image.open(paths[3])
     assert png.mode == "RGB" and png.size == (12, 20)
     assert np.array_equal(np.asarray(png), u8[3].permute(1, 2, 0).numpy())
-    grid = Image.open(paths[-1])
+    grid = Image.open(paths[-2])
     left = label_column(["cats", "dogs"])
     assert grid.mode == "RGB"
     # 20 px tall -> upscaled 2x to 40 x 24 cells
