@@ -27,7 +27,7 @@ from .errors import UserError
 from .modalities.base import Modality
 from .models.unet import Resampling
 
-MODES = ("train", "sample", "eval", "train_evaluator", "fit_schedule", "phema")
+MODES = ("train", "sample", "eval", "train_evaluator", "fit_schedule", "phema", "distill", "train_vocoder")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}  # memory format by the model's dims
 

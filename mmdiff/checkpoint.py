@@ -4,6 +4,8 @@ run's resolved config and data description in its metadata.
 - Loading never unpickles: safetensors holds only tensors and strings (a pickle-based file is refused).
 - Writing is atomic (mmdiff.atomic): a crash leaves either the old checkpoint or the new one, never half
   of one, and two writers of one file (training, ``mode=fit_schedule``) never share a temporary file.
+- ``write_tensors`` and ``read_tensors`` give mmdiff's other files of weights (the vocoder of
+  mmdiff.models.vocoder) the same guarantees.
 """
 
 from __future__ import annotations
@@ -100,9 +102,8 @@ def resolve_checkpoint_path(path: str | Path | None) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`; every problem is a :class:`UserError`."""
-    path = resolve_checkpoint_path(path)
+def refuse_pickle(path: Path, fix: str) -> None:
+    """A UserError (ending in ``fix``) if ``path`` is a pickle-based PyTorch file rather than safetensors."""
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte can be
@@ -110,8 +111,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"):
         raise UserError(
             f"{path} is a pickle-based PyTorch file; mmdiff loads only its own safetensors checkpoints and never "
-            "unpickles a file, since unpickling can run arbitrary code. Use a checkpoint written by mmdiff training."
+            f"unpickles a file, since unpickling can run arbitrary code. {fix}"
         )
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; every problem is a :class:`UserError`."""
+    path = resolve_checkpoint_path(path)
+    refuse_pickle(path, "Use a checkpoint written by mmdiff training.")
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
@@ -139,6 +146,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         rng=group("rng/"), extra=json.loads(meta.get("extra", "{}")),
         averages={name: group(f"avg/{name}/") for name in sorted({k.split("/")[1] for k in tensors if k.startswith("avg/")})},
     )
+
+
+# --- other mmdiff files of weights (e.g. mmdiff.models.vocoder's) ------------------------------------
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """``tensors`` (moved to the CPU) and string ``metadata`` as one safetensors file at ``path``, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+    return Path(path)
+
+
+def read_tensors(path: Path, fmt: str, what: str, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file whose ``format`` metadata is ``fmt`` (``what``: what such
+    a file is called in messages). A pickle, a corrupt or truncated file, or another kind of file is a
+    UserError ending in ``fix``."""
+    refuse_pickle(path, fix[:1].upper() + fix[1:] + ".")
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != fmt:
+                raise UserError(f"{path} is not {what} (no '{fmt}' metadata): {fix}")
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except SafetensorError as e:
+        raise UserError(f"{path} is corrupt or truncated ({e}): {fix}") from None
 
 
 # --- post-hoc EMA snapshots (mmdiff.core.phema) --------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Hydra entry point: ``python -m mmdiff [mode=train|sample|eval|...] [group=option ...] [key=value ...]``.
+"""The Hydra entry point: ``python -m mmdiff [mode=train|sample|eval|distill|...] [group=option ...] [key=value ...]``.
 
 It checks the options, then hands the config to the task of its ``mode`` (mmdiff.tasks); a mistake the
 user can fix is one line on stderr and exit status 2.
@@ -33,6 +33,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> object:
     if cfg.mode == "fit_schedule":
         from .tasks.fit_schedule import fit_schedule_from_config
         return fit_schedule_from_config(cfg)
+    if cfg.mode == "distill":
+        from .tasks.distill import distill_from_config
+        return distill_from_config(cfg, run_dir)
+    if cfg.mode == "train_vocoder":
+        from .tasks.train_vocoder import train_vocoder_from_config
+        return train_vocoder_from_config(cfg, run_dir)
     if cfg.mode == "phema":
         from .tasks.phema import phema_from_config
         return phema_from_config(cfg)

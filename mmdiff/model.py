@@ -11,6 +11,8 @@ Python API and the command line sample the same way.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from .generate import Guidance, from_noise, generate
 
 
 EDIT_METHODS = ("auto", "condition", "repaint")
+log = logging.getLogger(__name__)
 
 
 def known_steps(keep: torch.Tensor, shape, time_dim: int | None) -> torch.Tensor | None:
@@ -56,12 +59,16 @@ class Model:
         self.schedules: dict = dict(schedules or {})   # fitted step schedules, "sampler/steps" -> fit record
         self.path = path
         self.modality = build_modality(run_cfg["modality"])
+        self.decoder: Path | None = None    # the learned decoder's file the modality decodes with (use_decoder)
         self.shape: list[int] = info["shape"]
         self.class_names: list[str] = info["class_names"] if run_cfg["model"].get("num_classes") else []
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> Model:
-        """Rebuild the model from a checkpoint's own config (EMA weights unless ema=False)."""
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True,
+                        decoder: str | Path | bool | None = None) -> Model:
+        """Rebuild the model from a checkpoint's own config (EMA weights unless ema=False). ``decoder``: a learned
+        decoder's file for the modality to decode with (audio: a vocoder, ``vocoder=PATH``); None: the modality's
+        ``decoder_file`` if it lies beside the checkpoint; False: none (audio: Griffin-Lim)."""
         ckpt = load_checkpoint(path)
         denoiser = build_denoiser(ckpt.config, ckpt.config["model"], ckpt.data)
         try:
@@ -69,12 +76,53 @@ class Model:
         except RuntimeError as e:
             raise UserError(f"checkpoint {path} does not match the model its config describes ({e}): the file is "
                             "damaged or was edited; use an intact checkpoint") from None
-        return cls(denoiser.to(pick_device(device)).eval(), ckpt.config, ckpt.data, ckpt.step,
-                   ckpt.extra.get("schedules"), resolve_checkpoint_path(path))
+        model = cls(denoiser.to(pick_device(device)).eval(), ckpt.config, ckpt.data, ckpt.step,
+                    ckpt.extra.get("schedules"), resolve_checkpoint_path(path))
+        model.use_decoder(decoder)
+        return model
+
+    def use_decoder(self, decoder: str | Path | bool | None) -> Path | None:
+        """Decode with the learned decoder in the file ``decoder`` (None: the modality's ``decoder_file`` beside
+        the checkpoint, if there is one; False: none). Returns the file used, also kept in ``self.decoder``."""
+        found = None
+        if decoder is None and self.modality.decoder_file and self.path is not None:
+            beside = self.path.parent / self.modality.decoder_file
+            if beside.is_file():
+                log.info("decoding with %s, found beside the checkpoint (vocoder=PATH picks another, vocoder=false "
+                         "none)", beside)
+                found = beside
+        elif decoder is not None and decoder is not False:
+            found = Path(decoder)
+        if found is not None:
+            self.modality.use_decoder(found)
+        self.decoder = found
+        return found
 
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
+
+    @property
+    def distilled(self) -> dict | None:
+        """What a consistency student was tuned from (mode=distill: teacher, its step, the guidance in its
+        weights), or None for a diffusion model (whose config holds the ``distill`` defaults, without ``from``)."""
+        record = self.config.get("distill") or {}
+        return record if record.get("from") else None
+
+    def guidance_for(self, guidance: Guidance) -> Guidance:
+        """``guidance`` as this model takes it: a distilled student has its guidance in its weights and never
+        learnt the null label, so it samples at scale 1, without a guide."""
+        if self.distilled and (guidance.scale != 1.0 or guidance.guide is not None):
+            log.info("this consistency student has guidance %s distilled into its weights: sampling it at "
+                     "guidance 1 (not %s)", self.distilled.get("guidance"), guidance.scale)
+            return dataclasses.replace(guidance, scale=1.0, guide=None)
+        return guidance
+
+    def check_sampler(self, sampler: str) -> None:
+        """Warn when a distilled student is sampled by an ODE solver instead of consistency sampling."""
+        if self.distilled and sampler != "consistency":
+            log.warning("this model is a consistency student (mode=distill): sample it with sampler=consistency "
+                        "steps=1 or 2; %s integrates an ODE it was not tuned for", sampler)
 
     @property
     def null_label(self) -> int:
@@ -107,7 +155,7 @@ class Model:
         checked to make the same kind of samples; None for None."""
         if path is None or str(path) in ("", "None", "null"):
             return None
-        other = Model.from_checkpoint(path, device=str(self.device))
+        other = Model.from_checkpoint(path, device=str(self.device), decoder=False)
         mine = (self.modality.name, self.shape, self.class_names)
         theirs = (other.modality.name, other.shape, other.class_names)
         if mine != theirs:
@@ -137,7 +185,7 @@ class Model:
                conditions: dict[str, torch.Tensor] | None = None):
         """The denoiser(x, sigma) the samplers call, with labels, other conditions (``cond``: see
         :meth:`context`) and guidance bound in."""
-        guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
+        guidance = self.guidance_for(guidance if isinstance(guidance, Guidance) else Guidance(float(guidance)))
         bound = {k: v.to(self.device) for k, v in (conditions or {}).items()}
         return guidance.bind(self.denoiser, None if labels is None else labels.to(self.device), self.null_label, bound)
 
@@ -178,7 +226,7 @@ class Model:
         solve, conditions, _ = self.completion(x_known, keep, sampler, self.sigmas(steps, sampler=sampler),
                                                sampler_defaults(sampler)["options"], method=method)
         x = generate(self.denoiser, solve, n=n, labels=self._labels(labels, n), null_label=self.null_label,
-                     guidance=Guidance(float(guidance)), seed=seed, batch_size=n, device=self.device,
+                     guidance=self.guidance_for(Guidance(float(guidance))), seed=seed, batch_size=n, device=self.device,
                      conditions=conditions)
         return torch.where(keep.cpu(), x_known.cpu().to(x.dtype), x)
 
@@ -195,7 +243,7 @@ class Model:
             takes = ", ".join(f"{k}=" for k in self.modality.edit_options) or "strength="
             raise UserError(f"extend= continues data along its time axis, and {self.modality.name} data has none: "
                             f"for edits use {takes}")
-        guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
+        guidance = self.guidance_for(guidance if isinstance(guidance, Guidance) else Guidance(float(guidance)))
         sigmas = self.sigmas(20) if sigmas is None else sigmas
         window = self.shape[dim - 1]
         keep, wanted = window // 2, x.shape[dim] + int(steps)
@@ -236,10 +284,14 @@ class Model:
         (see :meth:`fit_schedule`). ``noise``: your own starting noise [n, *shape] at unit variance (e.g. to
         compare samplers or checkpoints from the same draws); the seed then only drives stochastic
         samplers' noise. ``guide``: a checkpoint of a weaker model of the same data to guide away from
-        (autoguidance) instead of the unconditional branch."""
+        (autoguidance) instead of the unconditional branch. A distilled student (:attr:`distilled`) samples
+        with sampler="consistency", 2 steps and guidance 1 unless told otherwise."""
         top = defaults()
+        if self.distilled:
+            sampler, steps = sampler or "consistency", steps or 2
         sampler = sampler or top["sampler"]["name"]
         spec = sampler_defaults(sampler)
+        self.check_sampler(sampler)
         pick = lambda value, key: top[key] if value is None else value  # noqa: E731
         n, steps, seed, batch_size = (int(pick(v, k)) for v, k in
                                       ((n, "n"), (steps, "steps"), (seed, "seed"), (batch_size, "batch_size")))
@@ -248,6 +300,7 @@ class Model:
                                       "guidance_interval": pick(guidance_interval, "guidance_interval"),
                                       "dynamic_threshold": pick(dynamic_threshold, "dynamic_threshold")},
                                      self.guide(pick(guide, "guide")))
+        guide = self.guidance_for(guide)
         if noise is not None and tuple(noise.shape) != (n, *self.shape):
             raise UserError(f"noise has shape {list(noise.shape)}; this model samples [n, *shape] = {[n, *self.shape]}")
         sigmas = self.sigmas(steps, schedule or spec["schedule"], sampler,
@@ -261,8 +314,10 @@ class Model:
                      start: str = "karras", seed: int = 0, save: bool = False, **fit_options):
         """Fit a few-step schedule for ``sampler`` to this model (mmdiff.core.schedule_fit), keep it in
         ``self.schedules`` (and in the checkpoint file if ``save``); returns the FitResult. ``fit_options``:
-        n, held_out, reference_steps, sweeps, iters (conf/config.yaml's ``fit`` node gives the rest)."""
-        from .core.schedule_fit import fit_schedule
+        n, held_out, reference_steps, sweeps, iters, teacher (conf/config.yaml's ``fit`` node gives the rest).
+        ``sampler="consistency"`` (a distilled student) fits its levels to the teacher's ODE samples (see
+        mmdiff.core.schedule_fit): ``teacher`` is that checkpoint, by default the one the student records."""
+        from .core.schedule_fit import DISTRIBUTIONAL, fit_schedule
         top = defaults()
         unknown = set(fit_options) - (set(top["fit"]) - {"out"})
         if unknown:
@@ -272,19 +327,24 @@ class Model:
         guidance = top["guidance"] if guidance is None else guidance
         sampler_defaults(sampler)
         k = len(self.class_names)
+        teacher = self._fit_teacher(f.get("teacher")) if sampler in DISTRIBUTIONAL else None
 
         def problem(count: int, offset: int):
             gen = torch.Generator().manual_seed(seed + offset)
             noise = torch.randn(count, *self.shape, generator=gen).to(self.device)
             labels = (torch.arange(offset, offset + count) % k) if k else None
-            return self.guided(labels, guidance), noise
-        denoiser, noise = problem(f["n"], 0)
+            reference = None if teacher is None else teacher.guided(labels, teacher_guidance)
+            return self.guided(labels, guidance), noise, reference
+        teacher_guidance = float((self.distilled or {}).get("guidance", guidance))
+        denoiser, noise, reference = problem(f["n"], 0)
+        held = problem(f["held_out"], f["n"]) if f["held_out"] else None
         try:
             result = fit_schedule(denoiser, noise, self.sigmas(steps, start, sampler), sampler,
                                   floor=float(self.config["diffusion"]["sigma_min"]),
                                   reference_steps=f["reference_steps"],
-                                  held_out=problem(f["held_out"], f["n"]) if f["held_out"] else None,
-                                  sweeps=f["sweeps"], iters=f["iters"])
+                                  held_out=held[:2] if held else None, sweeps=f["sweeps"], iters=f["iters"],
+                                  reference=None if teacher is None else (reference, held[2] if held else None),
+                                  seed=seed)
         except ValueError as e:
             raise UserError(str(e)) from None
         record = result.to_dict() | {"guidance": guidance, "start_schedule": start, "n": f["n"], "seed": seed,
@@ -293,6 +353,21 @@ class Model:
         if save:
             self.save_schedules()
         return result
+
+    def _fit_teacher(self, path: str | Path | None) -> Model:
+        """The model whose ODE a consistency student's levels are fitted to."""
+        path = path or (self.distilled or {}).get("from")
+        if path is None:
+            raise UserError("fitting sampler=consistency compares its samples with a teacher's ODE solves, and this "
+                            "model records none (it was not made by mode=distill): give fit.teacher=CHECKPOINT")
+        if not Path(path).exists():
+            raise UserError(f"the teacher {path} this student was distilled from is gone: give fit.teacher=CHECKPOINT "
+                            "(the teacher, or another model of the same data)")
+        teacher = Model.from_checkpoint(path, device=str(self.device), decoder=False)
+        if teacher.shape != self.shape or teacher.class_names != self.class_names:
+            raise UserError(f"fit.teacher={path} models other data (shape {teacher.shape}, classes "
+                            f"{teacher.class_names}) than this model: give the teacher of this student")
+        return teacher
 
     def save_schedules(self, path: str | Path | None = None) -> Path:
         """Write the fitted schedules into this model's checkpoint, or into a copy of it at ``path``

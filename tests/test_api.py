@@ -67,5 +67,5 @@ def test_a_sampler_s_options_come_from_its_config(model):
 
 
 def test_an_unknown_sampler_lists_the_samplers(model):
-    with pytest.raises(UserError, match="sampler 'nope' is unknown: use one of adaptive, ddim, ddpm"):
+    with pytest.raises(UserError, match="sampler 'nope' is unknown: use one of adaptive, consistency, ddim, ddpm"):
         model.sample(n=2, sampler="nope")

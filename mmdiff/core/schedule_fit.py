@@ -13,6 +13,11 @@ a time, with a golden-section search between the level's neighbours.
   on the fitting batch; a held-out batch measures whether the gain generalises.
 - Stochastic samplers are fitted through their deterministic form (``ORDERS`` holds the options, e.g.
   eta = 0); ddpm, euler_ancestral and adaptive have none and are refused.
+- Consistency sampling (a distilled student's: ``DISTRIBUTIONAL``) re-noises between its steps, so its samples
+  leave the trajectory they started on and a per-sample distance means nothing. Its levels are fitted to the
+  energy distance (Szekely & Rizzo 2013) between its samples and the teacher's fine ODE solves from the same
+  noises, with the re-noising draws held fixed (common random numbers) so that the objective is a
+  deterministic function of the levels.
 
 Everything works on tensors of any rank; nothing here knows what the data is.
 """
@@ -95,11 +100,26 @@ def fit_levels(objective: Callable[[torch.Tensor], float], sigmas: torch.Tensor,
     return sigmas, history
 
 
+# samplers fitted to a distance between sample sets rather than per-sample errors
+DISTRIBUTIONAL = ("consistency",)
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Energy distance between the sample sets x [n, ...] and y [m, ...] (the V-statistic, in float64):
+    2 E|X - Y| - E|X - X'| - E|Y - Y'|, with |.| the Euclidean norm of the flattened samples. It is 0 for
+    identical sets and 2 |a - b| between point masses at a and b."""
+    x, y = x.flatten(1).double(), y.flatten(1).double()
+    return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()).item()
+
+
 def fit_options(sampler: str) -> dict:
     """The options that make ``sampler`` deterministic, for fitting; a clear error for those that have none."""
+    if sampler in DISTRIBUTIONAL:
+        return {}
     if sampler not in ORDERS:
         raise ValueError(f"sampler {sampler!r} has no deterministic form to fit a schedule to; fit one of "
-                         f"{', '.join(ORDERS)} (ddim is euler_ancestral's and ddpm's deterministic form)")
+                         f"{', '.join([*ORDERS, *DISTRIBUTIONAL])} (ddim is euler_ancestral's and ddpm's "
+                         "deterministic form)")
     return dict(ORDERS[sampler][1])
 
 
@@ -126,31 +146,47 @@ class FitResult:
     held_out: tuple[float, float] | None = None   # the same on held-out noises
     history: list[float] = field(default_factory=list)
     evaluations: int = 0              # objective evaluations (each one solve of the batch)
+    objective: str = "rms"            # rms: per-sample error vs the reference; energy: energy distance of the sets
 
     def to_dict(self) -> dict:
         return {"sigmas": self.sigmas.tolist(), "start": self.start.tolist(), "error": list(self.error),
                 "held_out": None if self.held_out is None else list(self.held_out), "history": self.history,
-                "evaluations": self.evaluations}
+                "evaluations": self.evaluations, "objective": self.objective}
 
 
 def fit_schedule(denoiser: Denoiser, noise: torch.Tensor, start: torch.Tensor, sampler: str, *, floor: float,
                  reference_steps: int = 200, held_out: tuple[Denoiser, torch.Tensor] | None = None,
-                 sweeps: int = 3, iters: int = 8) -> FitResult:
+                 sweeps: int = 3, iters: int = 8, reference: Denoiser | tuple[Denoiser, Denoiser] | None = None,
+                 seed: int = 0) -> FitResult:
     """Fit the levels of ``start`` (n + 1 sigmas ending in 0) for ``sampler`` on ``denoiser``.
 
     ``noise`` is unit-variance noise [B, ...] (scaled by start[0] here); ``held_out`` is another
-    (denoiser, noise) pair, e.g. other noises with other labels, scored before and after.
+    (denoiser, noise) pair, e.g. other noises with other labels, scored before and after. For a sampler in
+    ``DISTRIBUTIONAL``, ``reference`` is the teacher whose ODE solves the samples are compared with (a pair: the
+    teacher for the fitting noises and for the held-out ones) and ``seed`` seeds the fixed re-noising draws.
     """
     options = fit_options(sampler)
     start = start.detach().to(torch.float64)
     sigma_max = float(start[0])
+    distributional = sampler in DISTRIBUTIONAL
+    if distributional and reference is None:
+        raise ValueError(f"fitting {sampler} compares its samples with a teacher's ODE solves: pass reference=")
+    teachers = reference if isinstance(reference, tuple) else (reference, reference)
 
-    def problem(d: Denoiser, z: torch.Tensor):
+    def problem(d: Denoiser, z: torch.Tensor, teacher: Denoiser | None, offset: int):
         x = z * sigma_max
-        ref = reference_solve(d, x, sigma_max, floor, reference_steps)
-        return lambda s: solve_error(d, sampler, x, s, ref, options)
+        ref = reference_solve(teacher if distributional else d, x, sigma_max, floor, reference_steps)
+        if not distributional:
+            return lambda s: solve_error(d, sampler, x, s, ref, options)
 
-    objective = problem(denoiser, noise)
+        def distance(s: torch.Tensor) -> float:
+            gens = [torch.Generator(x.device).manual_seed(seed + offset + i) for i in range(len(x))]
+            with torch.no_grad():
+                out = SAMPLERS[sampler](d, x.clone(), s.to(x.device), generator=gens, **options)
+            return energy_distance(out, ref)
+        return distance
+
+    objective = problem(denoiser, noise, teachers[0], 0)
     count = 0
 
     def counted(s: torch.Tensor) -> float:
@@ -158,8 +194,9 @@ def fit_schedule(denoiser: Denoiser, noise: torch.Tensor, start: torch.Tensor, s
         count += 1
         return objective(s)
     fitted, history = fit_levels(counted, start, floor=floor, sweeps=sweeps, iters=iters)
-    result = FitResult(fitted, start, (history[0], history[-1]), history=history, evaluations=count)
+    result = FitResult(fitted, start, (history[0], history[-1]), history=history, evaluations=count,
+                       objective="energy" if distributional else "rms")
     if held_out is not None:
-        check = problem(*held_out)
+        check = problem(*held_out, teachers[1], len(noise))
         result.held_out = (check(start), check(fitted))
     return result

@@ -129,6 +129,13 @@ def cosine(n: int, sigma_min: float, sigma_max: float, s: float = 0.008) -> torc
     return append_zero(cosine_sigma(torch.linspace(t_max, t_min, n, dtype=torch.float64), s))
 
 
+def consistency(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """The levels of n-step consistency sampling (mmdiff.core.samplers.consistency): Karras's n + 1 levels
+    without the last, sigma_min, where a consistency function is the identity, so an evaluation there would
+    be wasted: 1 step is [sigma_max, 0]; 2 steps re-noise once, to the middle of Karras's 3-level ramp."""
+    return append_zero(karras(n + 1, sigma_min, sigma_max, rho)[:n])
+
+
 def respaced(n: int, levels: torch.Tensor, spacing: str = "trailing") -> torch.Tensor:
     """n of the T discrete training levels of a VP process (``DiscreteVPSigma.sigmas``, increasing), as
     DDPM/DDIM sampling visits them, decreasing, then 0: n + 1 float64 sigmas.
@@ -158,7 +165,7 @@ def respaced(n: int, levels: torch.Tensor, spacing: str = "trailing") -> torch.T
 
 
 SCHEDULES = {"karras": karras, "log_uniform": log_uniform, "uniform_time": uniform_time, "vp_linear": vp_linear,
-             "cosine": cosine}
+             "cosine": cosine, "consistency": consistency}
 # respaced(n, levels) is not in SCHEDULES: it takes the diffusion's discrete levels, not (sigma_min, sigma_max).
 # A schedule fitted to a trained model (mmdiff.core.schedule_fit) is data, not a formula: it is stored
 # in the checkpoint and chosen with sampler.schedule=fitted (mmdiff.build.build_sigmas).

@@ -21,11 +21,12 @@ from torchaudio import transforms
 from ..core.editing import gap_mask
 from ..data.audio import PEAK, SILENCE, read_audio
 from ..errors import UserError
+from ..models.vocoder import MEL_KEYS, load_vocoder
 from .base import Loaded, Modality, pad_or_crop
 from .gallery import Cell, Shown
 from .grid import grid_image, grid_rows, label_names
 from .media import Media, Picture, Sound
-from .spectral import REPRESENTATIONS, stft_magnitude
+from .spectral import REPRESENTATIONS, LogMel, stft_magnitude
 
 SPEC_N_FFT = 254      # spectrogram images: 128 frequency rows
 SPEC_HOP = 64         # ... and a column per 64 samples (8 ms at 8 kHz),
@@ -52,6 +53,7 @@ class AudioModality(Modality):
     edit_options = ("gap",)
     time_unit = "s"
     evaluator_channels = (16, 32, 64, 128)
+    decoder_file = "vocoder.safetensors"
 
     def __init__(self, *, sample_rate: int, representation: str, spectrogram: str, pad_to: int | str,
                  options: dict):
@@ -75,7 +77,7 @@ class AudioModality(Modality):
             self.representation = cls(**options)
         except ValueError as e:
             raise UserError(f"bad modality options for representation={representation}: {e}") from None
-        self.sample_rate = sample_rate
+        self.sample_rate, self.representation_name = sample_rate, representation
 
     @classmethod
     def resolve_config(cls, cfg: dict, model: dict) -> dict:
@@ -106,6 +108,39 @@ class AudioModality(Modality):
     def time_steps(self, amount: float) -> int:
         """How many steps of the model space's time axis (its last dim) ``amount`` seconds take."""
         return round(amount * self.sample_rate / self.representation.samples_per_step)
+
+    # --- the learned decoder: a vocoder (mmdiff.models.vocoder) instead of Griffin-Lim ---
+
+    def decoder_settings(self) -> dict:
+        """The log-mel settings a vocoder of this model space is trained for (``LogMel.settings``); a UserError for
+        the waveform and STFT representations, which decode exactly."""
+        if not isinstance(self.representation, LogMel):
+            raise UserError(f"a vocoder decodes log-mel spectrograms, and this audio model space is the "
+                            f"{self.representation_name} representation, which decodes exactly: drop vocoder=, or "
+                            "train on log-mels (modality.spectrogram=mel, the default)")
+        return self.representation.settings
+
+    def use_decoder(self, path: str | Path) -> None:
+        """Decode log-mels with the vocoder in ``path`` (written by mode=train_vocoder) instead of Griffin-Lim;
+        one trained for other mel settings or another sample rate is a UserError naming both."""
+        wanted = self.decoder_settings()
+        found = load_vocoder(path)
+        differ = [k for k in MEL_KEYS if found.mel.get(k) != wanted[k]]
+        if differ:
+            theirs = ", ".join(f"{k}={found.mel.get(k)}" for k in differ)
+            mine = ", ".join(f"{k}={wanted[k]}" for k in differ)
+            raise UserError(f"vocoder {path} was trained for log-mels with {theirs}, but this model's have {mine}: "
+                            "train a vocoder for this model's data (python -m mmdiff mode=train_vocoder with the "
+                            "model's dataset and modality options), or drop vocoder= to decode with Griffin-Lim")
+        self.representation.vocoder = found.net
+
+    def decoder_hint(self) -> str | None:
+        """For log-mel decoded by Griffin-Lim: how to get a vocoder, which sounds better."""
+        if isinstance(self.representation, LogMel) and self.representation.vocoder is None:
+            return ("decoding log-mels with Griffin-Lim, which only estimates the phase: a learned vocoder sounds "
+                    "better. Train one with `python -m mmdiff mode=train_vocoder` (the model's dataset options), then "
+                    "pass vocoder=PATH or put its vocoder.safetensors beside the checkpoint")
+        return None
 
     # --- files ---
 

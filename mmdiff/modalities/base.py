@@ -66,6 +66,8 @@ class Modality(ABC):
     - ``evaluator_channels``: the widths of the evaluation classifier's stages for this kind of data;
       ``evaluator_net``: its other options (mmdiff.eval.evaluator.EvaluatorNet); ``evaluator_targets``: the
       dataset ``extras`` it also learns to predict where the data has them (e.g. a clip's direction).
+    - ``decoder_file``: the name of a learned decoder's file (audio: "vocoder.safetensors"), picked up when it
+      lies beside a checkpoint (mmdiff.model.Model.from_checkpoint); None where the modality has none.
     """
 
     name: ClassVar[str]
@@ -78,6 +80,7 @@ class Modality(ABC):
     evaluator_channels: ClassVar[tuple[int, ...]] = (32, 64, 128)
     evaluator_net: ClassVar[dict] = {}
     evaluator_targets: ClassVar[tuple[str, ...]] = ()
+    decoder_file: ClassVar[str | None] = None
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -112,6 +115,24 @@ class Modality(ABC):
         takes = ", ".join(f"{k}=" for k in self.edit_options) or "strength="
         raise UserError(f"{self.name} data has no time axis to continue or count along (extend=): for edits use "
                         f"{takes}")
+
+    # --- learned decoders (audio: a vocoder instead of Griffin-Lim) ---------------------------------
+
+    def decoder_settings(self) -> dict:
+        """What a learned decoder of this model space must be trained for (JSON-able; audio: the log-mel
+        settings). The default: a UserError, the modality has no learned decoder."""
+        raise UserError(f"{self.name} data has no learned decoder: mode=train_vocoder is for audio with the mel "
+                        "representation (modality=audio)")
+
+    def use_decoder(self, path: str | Path) -> None:
+        """Decode with the learned decoder in the file ``path`` from now on; a file trained for other settings
+        than :meth:`decoder_settings` is a UserError. The default: a UserError, the modality has none."""
+        raise UserError(f"{self.name} data has no learned decoder to load from {path}: drop vocoder=")
+
+    def decoder_hint(self) -> str | None:
+        """A line for the log when a learned decoder would decode better than the one in use (audio: log-mel
+        decoded by Griffin-Lim), else None."""
+        return None
 
     # --- files -----------------------------------------------------------------------------------
 

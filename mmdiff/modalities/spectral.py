@@ -3,7 +3,8 @@ round-trip metrics (SNR, log-spectral distance) that measure them.
 
 - ``Waveform``: the samples themselves, scaled; exact.
 - ``ComplexSTFT``: real and imaginary parts of a magnitude-compressed STFT; exact up to float error.
-- ``LogMel``: a log-mel spectrogram, inverted by least squares and Griffin-Lim; lossy (phase is estimated).
+- ``LogMel``: a log-mel spectrogram, inverted by least squares and Griffin-Lim, or by a learned vocoder
+  (mmdiff.models.vocoder); lossy (phase is estimated).
 
 Every representation zero-pads the waveform at the end to ``padded_length(T)`` so that the model
 space halves cleanly in the U-Net, and ``decode`` returns that padded length T'.
@@ -133,7 +134,9 @@ class LogMel(Representation):
     offset and scale map FSDD speech and the built-in notes to mean ~0, std ~0.5 (docs/audio.md).
     Decoding is lossy: least squares (torchaudio's InverseMelScale) gives a linear-frequency magnitude,
     and Griffin-Lim (Griffin & Lim 1984, with the momentum of Perraudin et al. 2013) estimates a phase
-    for it, starting from zero phase so that decoding is deterministic.
+    for it, starting from zero phase so that decoding is deterministic. With ``vocoder`` set (a network
+    [N, 1, n_mels, frames] -> [N, 1, T'] trained for :attr:`settings`: mmdiff.models.vocoder) decoding
+    runs it instead.
     """
 
     LOG_MAX = 12.0  # clamp on decoded log-mel values: far above any real signal's (~5), below exp overflow
@@ -150,6 +153,15 @@ class LogMel(Representation):
         self.inverse_mel = transforms.InverseMelScale(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max)
         self.griffin_lim = transforms.GriffinLim(n_fft, n_iter=griffin_lim_iters, hop_length=hop_length, power=1.0,
                                                  momentum=0.99, rand_init=False)
+        self.vocoder: torch.nn.Module | None = None
+
+    @property
+    def settings(self) -> dict:
+        """The mel analysis and the model-space map: what a learned vocoder must have been trained for."""
+        mel = self.mel.mel_scale
+        return {"sample_rate": int(mel.sample_rate), "n_fft": int(self.mel.n_fft), "hop_length": int(self.hop_length),
+                "n_mels": int(mel.n_mels), "f_min": float(mel.f_min), "f_max": float(mel.f_max), "eps": float(self.eps),
+                "offset": float(self.offset), "scale": float(self.scale)}
 
     def padded_length(self, T: int) -> int:
         return framed_length(T, self.hop_length, self.pad_to)
@@ -166,6 +178,9 @@ class LogMel(Representation):
         return (torch.log(M + self.eps) - self.offset)[:, None] * self.scale
 
     def decode(self, x: Tensor) -> Tensor:
+        if self.vocoder is not None:
+            with torch.no_grad():
+                return self.vocoder.to(x.device)(x)  # T' = hop * (frames - 1) samples, as below
         log_mel = (x[:, 0] / self.scale + self.offset).clamp(max=self.LOG_MAX)
         M = (torch.exp(log_mel) - self.eps).clamp(min=0)
         magnitude = self.inverse_mel.to(x.device)(M)

@@ -93,11 +93,12 @@ def frame_evaluator_for(train: Dataset, reference: Dataset | None, modality, run
 def _generate(cfg: DictConfig, model: Model):
     """n samples from the checkpoint, decoded, with the labels they were generated for (as mode=sample)."""
     check_sampling_config(cfg)
+    model.check_sampler(cfg.sampler.name)
     labels = model.labels(cfg["class"], cfg.n)
     sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
     solve = from_noise(model.shape, cfg.sampler.name, sigmas, dict(cfg.sampler.options), device=model.device)
     x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label,
-                 guidance=Guidance.from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device)
+                 guidance=model.guidance_for(Guidance.from_config(cfg)), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device)
     return model.decode(x), labels
 
 
@@ -127,7 +128,7 @@ def prediction(cfg: DictConfig, model: Model, reference: Dataset, options: dict)
                                               method=cfg.get("edit_method") or "auto", resample=cfg.resample)
     labels = reference.labels[:n].repeat_interleave(k) if model.class_names else None
     x = generate(model.denoiser, solve, n=n * k, labels=labels, null_label=model.null_label,
-                 guidance=Guidance.from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device,
+                 guidance=model.guidance_for(Guidance.from_config(cfg)), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device,
                  conditions=conditions)
 
     def per_frame(data: torch.Tensor) -> torch.Tensor:  # [m, ...] -> [m, T, *frame]
@@ -177,10 +178,12 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         fake, labels = read_samples_folder(samples_dir, modality, train.class_names)
         source = {"samples": str(samples_dir)}
     else:
-        model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
+        model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema, decoder=cfg.get("vocoder"))
         fake, labels = _generate(cfg, model)
         source = {"checkpoint": str(cfg.checkpoint), "step": ckpt.step, "sampler": cfg.sampler.name,
                   "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "ema": cfg.ema}
+        if model.decoder is not None:
+            source["decoder"] = str(model.decoder)
     result = evaluate(reference if reference is not None else train, fake, labels, modality, evaluator,
                       k=options["k"], kid_subsets=options["kid_subsets"], kid_subset_size=options["kid_subset_size"],
                       inception_weights=options["inception_weights"], frame_evaluator=frame_evaluator)

@@ -9,23 +9,26 @@ from omegaconf import DictConfig
 
 from ..build import schedule_key
 from ..core.schedules import FITTED
-from ..model import Model
+from ..model import Model, sampler_defaults
 
 
 def fit_schedule_from_config(cfg: DictConfig) -> dict:
     """Fit, store, and print the error before and after on the fitting and held-out noises."""
     model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
     f = cfg.fit
-    start = "karras" if cfg.sampler.schedule == FITTED else cfg.sampler.schedule  # refit from scratch
+    start = (sampler_defaults(cfg.sampler.name)["schedule"] if cfg.sampler.schedule == FITTED  # refit from scratch
+             else cfg.sampler.schedule)
     t0 = time.perf_counter()
     result = model.fit_schedule(cfg.sampler.name, cfg.steps, guidance=cfg.guidance, start=start, seed=cfg.seed,
                                 n=f.n, held_out=f.held_out, reference_steps=f.reference_steps, sweeps=f.sweeps,
-                                iters=f.iters)
+                                iters=f.iters, teacher=f.get("teacher"))
     path = model.save_schedules(f.out)
     record = model.schedules[schedule_key(cfg.sampler.name, cfg.steps)]
     print(f"fitted a {cfg.steps}-step schedule for {cfg.sampler.name} (guidance {cfg.guidance}) in "
           f"{time.perf_counter() - t0:.0f} s, {result.evaluations} solves of {f.n} samples")
-    print(f"  RMS error vs a {f.reference_steps}-step Heun solve   {start:>12}   fitted")
+    what = ("energy distance to the teacher's" if result.objective == "energy" else "RMS error vs a") + \
+        f" {f.reference_steps}-step Heun solve"
+    print(f"  {what:<40} {start:>12}   fitted")
     print(f"  fitting batch ({f.n:>4})                  {result.error[0]:12.5f} {result.error[1]:9.5f}")
     if result.held_out:
         print(f"  held-out noises ({f.held_out:>4})              {result.held_out[0]:12.5f} {result.held_out[1]:9.5f}")

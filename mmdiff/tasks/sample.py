@@ -49,12 +49,13 @@ def edit_options(cfg: DictConfig, modality: Modality) -> dict:
 
 def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     """mode=sample: rebuild the model from the checkpoint's own config, generate or edit, write files."""
-    model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
+    model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema, decoder=cfg.get("vocoder"))
     modality, shape, names = model.modality, model.shape, model.class_names
     labels = model.labels(cfg["class"], cfg.n)
     sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
     options, sampler = dict(cfg.sampler.options), cfg.sampler.name
-    guidance, out = Guidance.from_config(cfg, model.guide(cfg.get("guide"))), Path(cfg.out)
+    model.check_sampler(sampler)
+    guidance, out = model.guidance_for(Guidance.from_config(cfg, model.guide(cfg.get("guide")))), Path(cfg.out)
     trajectory = Trajectory(frames=10, steps=len(sigmas) - 1) if cfg.trajectory else None
     given = edit_options(cfg, modality)
     if cfg.extend is not None and cfg.init is None:
@@ -92,6 +93,8 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label, guidance=guidance,
                  seed=cfg.seed, batch_size=cfg.n if trajectory else cfg.batch_size, device=model.device,
                  conditions=conditions)
+    if (hint := modality.decoder_hint()) is not None:
+        log.info(hint)
     data = modality.decode(x)
     if keep is not None:
         data = modality.restore(data, loaded, keep)

@@ -25,6 +25,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -114,6 +115,9 @@ class Run:
     loggers: Loggers = field(default_factory=Loggers)  # the ``logger`` node's, on process 0 (none elsewhere)
     previewed: int | None = None    # the step of the last preview
     power_ema: PowerEMA | None = None  # post-hoc EMA's power-function averages (trainer.phema), or None
+    objective: Callable = None      # (run, batch, micro-batch slice, step) -> loss [b]: denoising_objective by default
+    seconds: float = 0.0            # training-loop seconds of earlier invocations (resumed runs)
+    started: float | None = None    # perf_counter() when this invocation's loop started
 
     @property
     def device(self) -> torch.device:
@@ -199,7 +203,7 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
               (dataset.data.to(device) if windows else modality.encode(dataset.data).to(device)),
               windows=windows, context=context, time_dim=time_dim, independent=independent,
               memory_format=memory_format, conditional=bool(model_cfg.get("num_classes")),
-              ckpt_path=run_dir / "last.safetensors", power_ema=power_ema)
+              ckpt_path=run_dir / "last.safetensors", power_ema=power_ema, objective=denoising_objective)
 
     logger_state = {}
     if t.resume:
@@ -221,6 +225,7 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
         if device.type == "cuda" and "cuda" in ckpt.rng:
             torch.cuda.set_rng_state(ckpt.rng["cuda"], device)
         run.step, run.samples_seen = ckpt.step, ckpt.samples_seen
+        run.seconds = float(ckpt.extra.get("train_seconds", 0.0))
         logger_state = ckpt.extra.get("loggers", {})
         log.info("resumed from %s at step %d", t.resume, run.step)
 
@@ -304,6 +309,20 @@ def draw(run: Run, step: int) -> Batch:
     return batch
 
 
+def noisy(run: Run, b: Batch, part: slice) -> torch.Tensor:
+    """The micro-batch ``part`` of the batch, noised: x0 + sigma n (in the model's memory format)."""
+    x = b.x0[part] + append_dims(b.sigma[part], b.x0.ndim) * b.noise[part]
+    return x if run.memory_format is None else x.contiguous(memory_format=run.memory_format)
+
+
+def denoising_objective(run: Run, b: Batch, part: slice, step: int) -> torch.Tensor:
+    """The diffusion loss of a micro-batch (EDM Eq. 2, with the configured weighting), per sample [b]."""
+    s = b.sigma[part]
+    denoised = run.model(noisy(run, b, part), s, None if b.labels is None else b.labels[part], **b.conditions(part))
+    mask = None if b.unknown is None else b.unknown[part]
+    return denoising_loss(denoised, b.x0[part], run.weighting(s, run.denoiser), mask, run.denoiser.logvar(s))
+
+
 def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward over this process's share of the global batch, in micro-batches, then the
     gradient clip: (loss, grad norm), both still on the device."""
@@ -313,16 +332,9 @@ def train_step(run: Run, step: int, autocast) -> tuple[torch.Tensor, torch.Tenso
     loss_sum = torch.zeros((), device=run.device)
     for a in range(t.grad_accum):
         part = slice(a * run.micro, (a + 1) * run.micro)
-        x, s = b.x0[part], b.sigma[part]
-        x_noisy = x + append_dims(s, x.ndim) * b.noise[part]
-        if run.memory_format is not None:
-            x_noisy = x_noisy.contiguous(memory_format=run.memory_format)
         sync = a == t.grad_accum - 1 or not world.distributed
         with (nullcontext() if sync else run.model.no_sync()), autocast:
-            denoised = run.model(x_noisy, s, None if b.labels is None else b.labels[part], **b.conditions(part))
-        mask = None if b.unknown is None else b.unknown[part]
-        loss = denoising_loss(denoised, x, run.weighting(s, run.denoiser), mask, run.denoiser.logvar(s)).mean()
-        loss = loss / t.grad_accum
+            loss = run.objective(run, b, part, step).mean() / t.grad_accum
         run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     run.scaler.unscale_(run.opt)
@@ -350,6 +362,7 @@ def checkpoint(run: Run) -> None:
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
     extra = {"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {}
+    extra["train_seconds"] = round(run.seconds + (time.perf_counter() - run.started if run.started else 0.0), 3)
     if logger_state := run.loggers.state():  # e.g. the W&B run id, which a resumed run reopens
         extra["loggers"] = logger_state
     save_checkpoint(run.ckpt_path, Checkpoint(
@@ -397,12 +410,15 @@ def preview(run: Run, final: bool = False) -> Path | None:
 
 # --- the loop ----------------------------------------------------------------------------------------
 
-def train(cfg: DictConfig, run_dir: str | Path) -> Path:
-    """Train as ``cfg`` says, writing into ``run_dir``; returns the path of the last checkpoint."""
+def train(cfg: DictConfig, run_dir: str | Path, prepare: Callable[[Run], None] | None = None) -> Path:
+    """Train as ``cfg`` says, writing into ``run_dir``; returns the path of the last checkpoint. ``prepare``
+    changes the built run before the loop starts (mode=distill: the student's first weights, its objective)."""
     check_run_config(cfg)
     world = init_world(pick_device(cfg.device))
     try:
         run = build_run(cfg, Path(run_dir), world)
+        if prepare is not None:
+            prepare(run)
         try:
             return _loop(run)
         finally:
@@ -426,7 +442,7 @@ def _loop(run: Run) -> Path:
     skipped = torch.zeros((), device=device)        # device-side counters: read at log steps only
     in_a_row = torch.zeros((), device=device)
     loss_sum, good = torch.zeros((), device=device), torch.zeros((), device=device)
-    start = window_start = time.perf_counter()
+    start = window_start = run.started = time.perf_counter()
     window_steps, lr, grad_norm = 0, t.lr, torch.zeros(())
     run.model.train()
     try:

@@ -258,3 +258,26 @@ def test_lms_coefficients_are_exact_integrals_of_the_lagrange_basis():
                         basis *= np.poly1d([1.0, -s[i - k]]) / (s[i - j] - s[i - k])
                 exact = np.polyint(basis)(s[i + 1]) - np.polyint(basis)(s[i])
                 assert weights[j] == pytest.approx(exact, rel=1e-10, abs=1e-12)
+
+
+# --- consistency sampling (Song et al. 2023) ---------------------------------------------------------------
+
+def test_one_consistency_step_with_the_exact_consistency_function_lands_on_the_ode_solution(mixture):
+    """The exact consistency function maps (x, sigma) to the end of its probability-flow trajectory: here a fine
+    RK4 solve of the mixture's ODE. One step of the sampler is then the reference solve itself, and more steps
+    (re-noised between) stay samples of the same distribution (each lands on some trajectory's end)."""
+    def f(x, sigma):
+        return rk4_in_lambda(mixture.denoise, x, float(sigma[0]), SIGMA_MIN, 400)
+
+    x = start_noise(16)
+    reference = rk4_in_lambda(mixture.denoise, x, SIGMA_MAX, SIGMA_MIN, 400)
+    one = SAMPLERS["consistency"](f, x, torch.tensor([SIGMA_MAX, 0.0], dtype=torch.float64))
+    assert torch.equal(one, reference)
+    seen = []
+    gens = [torch.Generator().manual_seed(i) for i in range(16)]
+    two = SAMPLERS["consistency"](f, x, torch.tensor([SIGMA_MAX, 2.0, 0.0], dtype=torch.float64), generator=gens,
+                                  callback=seen.append)
+    assert [float(s["sigma"]) for s in seen] == [SIGMA_MAX, 2.0]
+    z = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(i), dtype=x.dtype)
+                     for i in range(16)])
+    assert torch.allclose(two, f(reference + 2.0 * z, torch.full((16,), 2.0, dtype=x.dtype)), rtol=0, atol=1e-12)

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from mmdiff.core.analytic import GaussianMixture
-from mmdiff.core.schedule_fit import fit_levels, fit_options, fit_schedule, golden_section, reference_solve
-from mmdiff.core.schedules import get_sigmas, karras, log_uniform
+from mmdiff.core.samplers import SAMPLERS
+from mmdiff.core.schedule_fit import (energy_distance, fit_levels, fit_options, fit_schedule, golden_section,
+                                      reference_solve)
+from mmdiff.core.schedules import consistency, get_sigmas, karras, log_uniform
 
 
 def test_golden_section_finds_the_minimum_of_a_parabola():
@@ -68,3 +70,37 @@ def test_uniform_time_is_linear_in_sigma():
     s = get_sigmas("uniform_time", 4, 1.0, 10.0)
     assert s.tolist() == [10.0, 7.0, 4.0, 1.0, 0.0]
     assert math.isclose(float(karras(4, 1.0, 10.0, rho=1.0)[1]), 7.0)
+
+
+def test_energy_distance_of_point_masses_and_of_a_set_with_itself():
+    a, b = torch.tensor([1.0, 2.0, 2.0]), torch.tensor([4.0, -2.0, 2.0])
+    assert energy_distance(a.expand(5, 3), b.expand(7, 3)) == pytest.approx(2 * 5.0, rel=1e-12)  # 2 |a - b|
+    x = torch.randn(20, 2, 3, generator=torch.Generator().manual_seed(0))
+    assert energy_distance(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert energy_distance(x, x + 1.0) > energy_distance(x, x + 0.1) > 0
+
+
+def test_consistency_levels_are_fitted_to_the_teachers_samples(mixture):
+    """A posterior-mean 'student' (the mixture's denoiser used as a consistency function): its 2-step samples
+    depend on the re-noising level, and the fit finds the level a grid search finds, with fixed re-noising
+    draws (the same fit twice is the same fit)."""
+    gen = torch.Generator().manual_seed(0)
+    noise, other = (torch.randn(128, 2, 3, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    start = consistency(2, 0.002, 80.0)
+    kwargs = dict(floor=0.002, reference=mixture.denoise, held_out=(mixture.denoise, other), sweeps=2, iters=12,
+                  reference_steps=100)
+    fit = fit_schedule(mixture.denoise, noise, start, "consistency", **kwargs)
+    assert fit.objective == "energy" and fit.error[1] <= fit.error[0] and fit.held_out is not None
+    assert fit_schedule(mixture.denoise, noise, start, "consistency", **kwargs).sigmas.tolist() == fit.sigmas.tolist()
+    reference = reference_solve(mixture.denoise, noise * 80.0, 80.0, 0.002, 100)
+
+    def objective(level: float) -> float:
+        gens = [torch.Generator().manual_seed(i) for i in range(128)]
+        out = SAMPLERS["consistency"](mixture.denoise, noise * 80.0, torch.tensor([80.0, level, 0.0],
+                                      dtype=torch.float64), generator=gens)
+        return energy_distance(out, reference)
+    assert objective(float(fit.sigmas[1])) == pytest.approx(fit.error[1], rel=1e-9)
+    grid = min(objective(float(s)) for s in torch.logspace(math.log10(0.002), math.log10(79.0), 60))
+    assert fit.error[1] <= grid * 1.01
+    with pytest.raises(ValueError, match="pass reference="):
+        fit_schedule(mixture.denoise, noise, start, "consistency", floor=0.002)

@@ -14,8 +14,10 @@ def test_every_schedule_is_decreasing_from_sigma_max_to_sigma_min_then_zero(name
     assert sigmas[-1] == 0
     assert torch.all(sigmas[1:] < sigmas[:-1])
     assert sigmas[0].item() == pytest.approx(80.0, rel=1e-9)
-    if n > 1:
+    if n > 1 and name != "consistency":  # consistency sampling never evaluates at sigma_min (f is the identity)
         assert sigmas[-2].item() == pytest.approx(0.002, rel=1e-9)
+    if name == "consistency":  # Karras's n + 1 levels without sigma_min
+        assert torch.equal(sigmas[:-1], S.karras(n + 1, 0.002, 80.0)[:n])
 
 
 def test_karras_matches_eq5_by_hand():

@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 
 from mmdiff.eval.metrics import (fd, frechet_distance, kid, knn_radii2, log_spectral_distance,
-                                 multires_stft_distance, polynomial_mmd2, precision_recall)
+                                 multires_stft_distance, multires_stft_loss, polynomial_mmd2, precision_recall)
 from mmdiff.modalities import spectral
 
 
@@ -201,6 +201,30 @@ def test_multires_stft_distance_of_a_scaled_clip(c):
     x = noise()
     d = multires_stft_distance(x, c * x)
     assert torch.allclose(d, torch.full((2,), abs(1 - c) + abs(math.log(c)), dtype=torch.float64), atol=1e-6)
+
+
+RESOLUTIONS = [(128, 32, 128), (512, 128, 400)]
+
+
+@pytest.mark.parametrize("c", [0.5, 2.0])
+def test_multires_stft_loss_of_a_scaled_batch(c):
+    # as the distance: |S^| = c |S| gives |1 - c| + |ln c| (pooled norms keep the ratio), a scalar with a gradient
+    x, est = noise(), (c * noise()).requires_grad_()
+    loss = multires_stft_loss(x, est, RESOLUTIONS)
+    assert loss.ndim == 0 and loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(abs(1 - c) + abs(math.log(c)), abs=1e-4)
+    loss.backward()
+    assert torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
+
+
+def test_multires_stft_loss_pools_spectral_convergence_over_the_batch():
+    # a silent item's own ||S|| is the floor: per item its spectral convergence would be ~1e5; pooled it is
+    # the batch's, bounded by the loud item's scale
+    x = torch.cat([noise(1), torch.zeros(1, 1, 4000)])
+    est = x + 0.01 * noise(2, seed=3)
+    assert multires_stft_distance(x, est, RESOLUTIONS)[1] > 1e3
+    assert multires_stft_loss(x, est, RESOLUTIONS).item() < 10
+    assert multires_stft_loss(x, x, RESOLUTIONS).item() == 0.0
 
 
 def test_log_spectral_distance_is_the_modality_one():

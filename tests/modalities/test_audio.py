@@ -149,3 +149,66 @@ def test_spectrogram_image():
     silence = m.spectrogram_image(torch.zeros(4000))
     assert (silence == silence[:, :1, :1]).all()  # one colour: the bottom of the dB range
     assert m.spectrogram_image(torch.zeros(80000)).shape[-1] <= 257  # long clips stay compact
+
+
+# --- the learned decoder (a vocoder: mmdiff.models.vocoder) ------------------------------------------
+
+VOCODER_NET = dict(dim=8, intermediate_dim=16, num_layers=1, kernel_size=3)
+
+
+def save_a_vocoder(path, settings):
+    from mmdiff.models.vocoder import Vocoder, save_vocoder
+    torch.manual_seed(0)
+    net = Vocoder(settings, **VOCODER_NET)
+    return save_vocoder(path, net, settings, steps=1, seconds=0.1), net
+
+
+def test_log_mel_settings_name_everything_a_vocoder_depends_on():
+    s = make("mel", options={"mel": {"n_mels": 32, "f_min": 20.0}}).representation.settings
+    assert s == {"sample_rate": 8000, "n_fft": 512, "hop_length": 64, "n_mels": 32, "f_min": 20.0, "f_max": 4000.0,
+                 "eps": 0.01, "offset": -3.0, "scale": 0.2}
+
+
+def test_a_vocoder_replaces_griffin_lim_when_loaded(tmp_path):
+    m = make("mel", options={"mel": {"griffin_lim_iters": 4}})
+    x = m.encode(notes(2, T=1985))
+    assert m.decoder_file == "vocoder.safetensors" and "mode=train_vocoder" in m.decoder_hint()
+    griffin_lim = m.decode(x)
+    path, net = save_a_vocoder(tmp_path / "vocoder.safetensors", m.decoder_settings())
+    m.use_decoder(path)
+    vocoded = m.decode(x)
+    with torch.no_grad():
+        assert torch.equal(vocoded, net(x).clamp(-1, 1))
+    assert vocoded.shape == griffin_lim.shape and not torch.allclose(vocoded, griffin_lim, atol=1e-2)
+    assert m.decoder_hint() is None
+
+
+@pytest.mark.parametrize("other, named", [({"sample_rate": 16000, "f_max": 8000.0}, ["sample_rate=16000", "f_max=8000.0",
+                                                                                   "sample_rate=8000", "f_max=4000.0"]),
+                                          ({"n_mels": 32}, ["n_mels=32", "n_mels=64"]),
+                                          ({"scale": 0.25}, ["scale=0.25", "scale=0.2"])])
+def test_a_vocoder_for_other_mel_settings_is_refused_naming_both(tmp_path, other, named):
+    m = make("mel")
+    path, _ = save_a_vocoder(tmp_path / "vocoder.safetensors", m.decoder_settings() | other)
+    with pytest.raises(UserError, match="mode=train_vocoder") as e:
+        m.use_decoder(path)
+    assert all(s in str(e.value) for s in named), str(e.value)
+    assert m.representation.vocoder is None and m.decoder_hint() is not None  # still Griffin-Lim
+
+
+@pytest.mark.parametrize("name", ["stft", "waveform"])
+def test_exact_representations_take_no_vocoder(tmp_path, name):
+    m = make(name)
+    with pytest.raises(UserError, match=f"{name} representation, which decodes exactly"):
+        m.use_decoder(tmp_path / "vocoder.safetensors")
+    assert m.decoder_hint() is None
+
+
+def test_a_modality_without_a_learned_decoder_says_so():
+    from mmdiff.modalities.image import ImageModality
+    m = ImageModality()
+    assert m.decoder_file is None and m.decoder_hint() is None
+    with pytest.raises(UserError, match="image data has no learned decoder.*drop vocoder="):
+        m.use_decoder("vocoder.safetensors")
+    with pytest.raises(UserError, match="mode=train_vocoder is for audio"):
+        m.decoder_settings()

@@ -16,6 +16,7 @@ Samplers are registered by name in ``SAMPLERS``; the names are what ``sampler=``
 - ``euler.py``: euler, heun, dpm_2, lms, and the ancestral family (euler_ancestral = ddim(eta) = ddpm at eta 1)
 - ``dpmpp.py``: dpmpp_2s_ancestral, dpmpp_2m_sde (dpmpp_2m is its eta = 0 case), dpmpp_3m_sde
 - ``unipc.py``: unipc;  ``adaptive.py``: adaptive (step sizes from an error tolerance)
+- ``consistency.py``: consistency (multistep sampling of a consistency model: mode=distill)
 """
 
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from collections.abc import Callable
 import torch
 
 from .adaptive import sample_adaptive
+from .consistency import sample_consistency
 from .common import ancestral_step, churn, randn_like, to_d
 from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde
 from .euler import (sample_ddim, sample_ddpm, sample_dpm_2, sample_euler, sample_euler_ancestral, sample_heun,
@@ -43,6 +45,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_3m_sde": sample_dpmpp_3m_sde,
     "unipc": sample_unipc,
     "adaptive": sample_adaptive,
+    "consistency": sample_consistency,
 }
 
 # The deterministic samplers (with the options that make them so) and their order of convergence
