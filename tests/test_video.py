@@ -145,3 +145,17 @@ def test_context_masks_cover_every_kind_and_never_every_step():
         k = int(only_prefix[b].sum())
         assert torch.equal(cond[b, :3, :k], x[b, :, :k]) and (cond[b, :3, k:] == 0).all()
         assert (cond[b, 3, :k] == 1).all() and (cond[b, 3, k:] == 0).all()
+
+
+def test_the_frame_evaluator_trains_as_many_steps_as_the_clip_evaluator(monkeypatch):
+    """8 frames per clip: the frame evaluator's epochs are the clip evaluator's divided by 8."""
+    from mmdiff.data.dataset import Dataset
+    from mmdiff.modalities.video import VideoModality
+    from mmdiff.tasks import eval as eval_task
+    seen = {}
+    monkeypatch.setattr(eval_task, "load_or_train_evaluator", lambda data, modality, **kw: seen.update(n=len(data), **kw))
+    clips = Dataset(torch.rand(6, 1, 8, 12, 12), torch.arange(6) % 2, ["a", "b"], "clips")
+    options = {"evaluator": {"epochs": 32, "max_seconds": 60}}
+    eval_task.frame_evaluator_for(clips, None, VideoModality(fps=10, mp4=False), {"dataset": {}}, options, False)
+    assert seen["n"] == 48 and seen["epochs"] == 4 and seen["max_seconds"] == 60
+    assert options["evaluator"]["epochs"] == 32  # the clip evaluator's options are left alone

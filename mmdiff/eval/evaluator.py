@@ -414,6 +414,15 @@ def load_or_train_evaluator(dataset: Dataset, modality: Modality, cache_path: st
         log.info("evaluator: %s was trained on other data; training a new one", path)
     log.info("evaluator: training a %s classifier on %d samples of %s", modality.name, len(dataset), dataset.name)
     evaluator = train_evaluator(dataset, modality, held_out_data, **train_options)
+    if evaluator.info.get("cut_by_max_seconds"):
+        # a classifier cut short by a slow or busy machine measures less reliably and differs from run to run:
+        # say so, and keep it out of the cache so that it does not stand in for a fully trained one later
+        warnings.warn(f"the {modality.name} evaluator trained only {evaluator.info['epochs']} of its "
+                      f"{train_options.get('epochs', 30)} epochs within eval.evaluator.max_seconds="
+                      f"{train_options.get('max_seconds', 60.0)} (held-out accuracy {evaluator.held_out_accuracy:.3f}"
+                      "): its metrics are less reliable and it is not cached; raise eval.evaluator.max_seconds",
+                      stacklevel=2)
+        return evaluator
     errors = []
     for path in paths:
         try:

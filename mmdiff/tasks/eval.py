@@ -83,11 +83,16 @@ def _as_frames(dataset: Dataset | None, modality) -> tuple[Dataset | None, objec
 
 def frame_evaluator_for(train: Dataset, reference: Dataset | None, modality, run_cfg: dict, options: dict,
                      retrain: bool) -> Evaluator | None:
-    """For data made of frames (video): an evaluator of single frames, trained on the training items' frames."""
+    """For data made of frames (video): an evaluator of single frames, trained on the training items' frames
+    for as many steps as the clip evaluator takes (its epochs divided by the frames per item)."""
     frames, frame_modality = _as_frames(train, modality)
     if frames is None:
         return None
-    return evaluator_for(frames, _as_frames(reference, modality)[0], frame_modality, run_cfg, options, retrain)
+    train_options = dict(options["evaluator"] or {})
+    per_item = len(frames) // len(train)
+    train_options["epochs"] = max(1, round(int(train_options.get("epochs", 30)) / per_item))
+    return evaluator_for(frames, _as_frames(reference, modality)[0], frame_modality, run_cfg,
+                         options | {"evaluator": train_options}, retrain)
 
 
 def _generate(cfg: DictConfig, model: Model):
@@ -228,5 +233,6 @@ def train_evaluator_from_config(cfg: DictConfig) -> Evaluator:
     evaluator = evaluator_for(train, reference, modality, run_cfg, options, retrain=True)
     print(f"evaluator for {train.name} ({modality.name}, {train.num_classes} classes): accuracy "
           f"{evaluator.held_out_accuracy:.4f} on {evaluator.info['n_held_out']} held-out samples ({described}), "
-          f"trained in {evaluator.info['seconds']} s, cached at {evaluator.path}")
+          f"trained in {evaluator.info['seconds']} s, "
+          + (f"cached at {evaluator.path}" if evaluator.path else "not cached (cut short by eval.evaluator.max_seconds)"))
     return evaluator

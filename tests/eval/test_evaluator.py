@@ -152,3 +152,12 @@ def test_one_class_is_refused(digits200):
     one.class_names = ["3"]
     with pytest.raises(UserError, match="at least 2"):
         train_evaluator(one, IMAGE, **FAST)
+
+
+def test_an_evaluator_cut_short_by_its_time_budget_is_used_but_not_cached(digits200, cache):
+    with pytest.warns(UserWarning, match="trained only .* raise eval.evaluator.max_seconds"):
+        cut = load_or_train_evaluator(digits200, IMAGE, **(FAST | {"max_seconds": 0.01}))
+    assert cut.info["cut_by_max_seconds"] and cut.path is None
+    assert not (cache / "evaluators").exists() or not list((cache / "evaluators").iterdir())
+    full = load_or_train_evaluator(digits200, IMAGE, **FAST)  # the next run trains a full one, and caches it
+    assert not full.from_cache and not full.info["cut_by_max_seconds"] and full.path.is_file()
