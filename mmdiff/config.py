@@ -11,6 +11,8 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -21,12 +23,20 @@ def config_path() -> str:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The composed config that ``python -m mmdiff OVERRIDES`` would run with."""
+    """The composed config that ``python -m mmdiff OVERRIDES`` would run with.
+
+    Works inside a running Hydra app too (``python -m mmdiff mode=distill`` composes the student's defaults
+    while the CLI's own Hydra is live): that app's global state is set aside and restored afterwards."""
     path = config_path()
-    init = (initialize_config_module("mmdiff.conf", version_base="1.3") if path.startswith("pkg://")
-            else initialize_config_dir(config_dir=path, version_base="1.3"))
-    with init:
-        return hydra_compose("config", overrides=list(overrides))
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        init = (initialize_config_module("mmdiff.conf", version_base="1.3") if path.startswith("pkg://")
+                else initialize_config_dir(config_dir=path, version_base="1.3"))
+        with init:
+            return hydra_compose("config", overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(backup)
 
 
 @functools.lru_cache(maxsize=64)

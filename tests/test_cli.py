@@ -95,3 +95,16 @@ def test_an_unknown_key_is_named_without_a_traceback(tmp_path):
     result = mmdiff("trainer.lrr=0.1", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "lrr" in result.stderr and "not in struct" in result.stderr
+
+
+def test_distill_then_sample_in_one_step(tmp_path):
+    # mode=distill composes the student's defaults while the CLI's own Hydra is running: this failed
+    # ("GlobalHydra is already initialized") from the command line while the in-process tests passed
+    assert mmdiff(*TINY, "trainer.max_steps=2", "hydra.run.dir=teacher", cwd=tmp_path).returncode == 0
+    student = mmdiff(*TINY, "mode=distill", "checkpoint=teacher/last.safetensors", "trainer.max_steps=2",
+                     "hydra.run.dir=student", cwd=tmp_path)
+    assert student.returncode == 0, student.stderr
+    sample = mmdiff("mode=sample", "checkpoint=student/last.safetensors", "n=4", "out=one/", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr
+    assert "consistency" in (tmp_path / "one" / "index.html").read_text()
+    assert len(list((tmp_path / "one").glob("sample_*.png"))) == 4
