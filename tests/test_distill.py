@@ -22,7 +22,8 @@ from mmdiff.tasks.train import Batch, train
 
 from .conftest import TINY, compose_config
 
-OPTIONS = {"guidance": 1.0, "q": 2, "k": 8, "b": 1, "double_every": 10, "huber_c": 0.01}
+OPTIONS = {"guidance": 1.0, "q": 2, "k": 8, "b": 1, "double_every": 10, "huber_c": 0.01,
+           "max_stages": 5}
 
 
 def toy_denoiser(x, sigma, labels=None):
@@ -45,6 +46,10 @@ def test_the_schedule_of_ect_shrinks_the_gap_by_q_per_stage():
         assert torch.allclose(objective.r_of(t, step), expected, rtol=1e-12, atol=0)
     assert objective.r_of(t, 0)[0] == 0 and objective.r_of(t, 35)[0] > 0  # small t: at the data end at first
     assert float(objective.r_of(t, 0)[-1]) == pytest.approx(40.0, rel=1e-12)  # t = 80: half the way
+    # stage 4 is the last (max_stages 5): a long run keeps a gap of t (1 + 8 sigmoid(-t)) / 32, never 0 / 0
+    last = (t * (1 - 2.0 ** -5 * (1 + 8 / (1 + torch.exp(t))))).clamp(min=0)
+    assert torch.equal(objective.r_of(t, 40), last) and torch.equal(objective.r_of(t, 10 ** 6), last)
+    assert bool((objective.r_of(t.float(), 10 ** 6) < t.float()).all())
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])

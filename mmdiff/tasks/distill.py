@@ -7,7 +7,7 @@ the stop-gradient f(x_r, r) of the same weights at a smaller level r on the same
 shrinking stage by stage:
 
     t ~ exp(N(P_mean, P_std^2)),   r = max(0, t (1 - q^-(stage + 1) (1 + k sigmoid(-b t)))),
-    stage = step // double_every,  f(x, 0) = x,
+    stage = min(step // double_every, max_stages - 1),  f(x, 0) = x,
     loss = (sqrt(mean (f(x_t, t) - f(x_r, r))^2 + c^2) - c) / (t - r)
 
 with the pseudo-Huber distance (Song & Dhariwal 2023, "Improved techniques for training consistency models",
@@ -99,11 +99,13 @@ class ConsistencyObjective:
         o = options
         self.q, self.k, self.b = (float(o[k]) for k in ("q", "k", "b"))
         self.double_every, self.c, self.guidance = int(o["double_every"]), float(o["huber_c"]), float(o["guidance"])
+        self.max_stages = int(o["max_stages"])
         self.null_label = null_label
 
     def r_of(self, t: torch.Tensor, step: int) -> torch.Tensor:
-        """ECT's smaller level for t at ``step``: the gap shrinks by q each stage; r = 0 is the data end."""
-        stage = step // self.double_every
+        """ECT's smaller level for t at ``step``: the gap shrinks by q each stage, up to ``max_stages`` stages
+        (past ~q^-24 the gap would vanish in float32 and the loss divide 0 by 0); r = 0 is the data end."""
+        stage = min(step // self.double_every, self.max_stages - 1)
         shrink = self.q ** -(stage + 1) * (1 + self.k * torch.sigmoid(-self.b * t))
         return (t * (1 - shrink)).clamp(min=0)
 
@@ -148,7 +150,7 @@ def distill_from_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     if float(cfg.distill.guidance) != 1.0 and not teacher.config["model"].get("num_classes"):
         raise UserError(f"distill.guidance={cfg.distill.guidance}: the teacher is unconditional, so there is no "
                         "classifier-free guidance to distill: set distill.guidance=1")
-    for key in ("budget", "lr_scale", "q", "double_every", "P_std"):
+    for key in ("budget", "lr_scale", "q", "double_every", "max_stages", "P_std"):
         if not float(cfg.distill[key]) > 0:
             raise UserError(f"distill.{key}={cfg.distill[key]} must be positive")
     seconds = teacher.extra.get("train_seconds")
