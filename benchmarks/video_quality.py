@@ -16,7 +16,7 @@ saw), all from the same starting noises:
    accuracy and the share of clips whose frames all show one digit (the frame evaluator).
 
 Usage: python benchmarks/video_quality.py --checkpoint RUN/last.safetensors [--plain PLAIN/last.safetensors]
-       [--n 200] [--k 4] [--context 4] [--windows 3] [--json OUT]
+       [--n 200] [--n-predict 200] [--k 4] [--context 4] [--windows 3] [--parts prediction,extension] [--json OUT]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import time
 
 import torch
+from omegaconf import OmegaConf
 
 from mmdiff.config import compose
 from mmdiff.eval.evaluate import split_halves
@@ -58,7 +59,7 @@ def prediction_rows(args, checkpoint: str, plain: str | None) -> list[dict]:
 def extension_rows(args, checkpoint: str) -> dict:
     model = Model.from_checkpoint(checkpoint)
     train, reference, described = reference_data(model.config, {})
-    options = compose(["mode=eval"]).eval
+    options = OmegaConf.to_container(compose(["mode=eval"]).eval, resolve=True)
     evaluator = evaluator_for(train, reference, model.modality, model.config, options, retrain=False)
     frames = frame_evaluator_for(train, reference, model.modality, model.config, options, retrain=False)
     half_a, half_b = split_halves(len(reference))
@@ -99,10 +100,17 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=3, help="extend to this many times the training length")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (dpmpp_2m)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default="prediction,extension", help="which measurements, comma-separated")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args()
-    result = {"prediction": prediction_rows(args, args.checkpoint, args.plain),
-              "extension": extension_rows(args, args.checkpoint)}
+    parts = set(args.parts.split(","))
+    if not parts <= {"prediction", "extension"}:
+        parser.error(f"--parts takes prediction and/or extension, not {args.parts}")
+    result = {}
+    if "prediction" in parts:
+        result["prediction"] = prediction_rows(args, args.checkpoint, args.plain)
+    if "extension" in parts:
+        result["extension"] = extension_rows(args, args.checkpoint)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
