@@ -203,13 +203,38 @@ def data_info(x: torch.Tensor, dataset) -> dict:
 
 # --- model and denoiser --------------------------------------------------------------------------
 
-def resolve_model_config(model_cfg: DictConfig | dict, info: dict, context: DictConfig | dict | None = None) -> dict:
-    """Fill the model's ``auto`` options from the data (and the ``time_context`` node: the extra input channels
-    of conditioning on known time steps) and check that the network can take it."""
+CONDITIONINGS = ("label", "text")
+
+
+def conditioning_kind(cfg: DictConfig | dict) -> str:
+    """``conditioning.kind`` of a run config: label (class labels) or text (captions); a run or checkpoint from before
+    the conditioning group has labels."""
+    kind = (cfg.get("conditioning") or {}).get("kind", "label")
+    if kind not in CONDITIONINGS:
+        raise UserError(f"conditioning.kind={kind} is unknown: use conditioning=label or conditioning=text")
+    return kind
+
+
+def resolve_model_config(model_cfg: DictConfig | dict, info: dict, context: DictConfig | dict | None = None,
+                         conditioning: DictConfig | dict | None = None) -> dict:
+    """Fill the model's ``auto`` options from the data (the ``time_context`` node: the extra input channels
+    of conditioning on known time steps; the ``conditioning`` node: class labels, or captions through a text
+    encoder, ``model.text``) and check that the network can take it."""
     m = to_container(model_cfg)
     shape = info["shape"]
     if m.get("in_channels") == "auto":
         m["in_channels"] = shape[0]
+    text = conditioning_kind({"conditioning": conditioning}) == "text"
+    if text:
+        if m.get("num_classes") not in ("auto", 0):
+            raise UserError(f"conditioning=text conditions on captions instead of class labels, and "
+                            f"model.num_classes={m.get('num_classes')}: drop model.num_classes (or use "
+                            "conditioning=label)")
+        if not m.get("attn_levels"):
+            raise UserError("conditioning=text feeds the caption to the U-Net's attention layers, and this model has "
+                            "none: set model.attn_levels, e.g. model.attn_levels=[1]")
+        m["num_classes"] = 0
+        m["text"] = to_container(conditioning["encoder"]) | {"max_length": int(conditioning["max_length"])}
     if m.get("num_classes") == "auto":
         m["num_classes"] = len(info["class_names"])
     wants_context = bool(context and context.get("enabled"))
@@ -335,4 +360,5 @@ def sampler_settings(cfg: DictConfig, ema: bool) -> dict:
     keys = ("steps", "guidance", "guidance_rescale", "guidance_interval", "dynamic_threshold", "guide", "n", "seed")
     settings = {"sampler": cfg.sampler.name, "schedule": cfg.sampler.schedule, "options": plain(cfg.sampler.options)}
     settings |= {k: plain(cfg.get(k)) for k in keys}
+    settings |= {k: plain(cfg.get(k)) for k in ("prompt", "prompts", "negative_prompt") if cfg.get(k) is not None}
     return settings | {"class": "the classes in turn" if cfg["class"] is None else plain(cfg["class"]), "ema": ema}

@@ -39,12 +39,22 @@ class Guidance:
                    cfg.get("dynamic_threshold"), guide)
 
     def bind(self, denoiser, labels: torch.Tensor | None, null_label: int | None,
-             conditions: dict[str, torch.Tensor] | None = None):
-        """The ``denoiser(x, sigma)`` the samplers call, with ``labels``, other per-sample ``conditions`` (see
-        CFGDenoiser) and these options bound in."""
+             conditions: dict[str, torch.Tensor] | None = None, null_conditions: dict[str, torch.Tensor] | None = None):
+        """The ``denoiser(x, sigma)`` the samplers call, with ``labels``, other per-sample ``conditions`` and the
+        unconditional branch's ``null_conditions`` (see CFGDenoiser) and these options bound in."""
         d = CFGDenoiser(denoiser, labels, self.scale, null_label, rescale=self.rescale, interval=self.interval,
-                        conditions=conditions, guide=self.guide)
+                        conditions=conditions, guide=self.guide, null_conditions=null_conditions)
         return DynamicThreshold(d, percentile=self.threshold) if self.threshold else d
+
+
+def prompt_conditions(tokenizer, prompts: list[str], index: torch.Tensor, negative: str | None = None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(conditions, null_conditions) for :func:`generate` when sample i asks for ``prompts[index[i]]``: its tokens,
+    and for the unconditional branch the ``negative`` prompt's (None: the empty caption's, what caption dropout
+    trained as unconditional)."""
+    tokens = tokenizer.encode(list(prompts))[index]
+    null = tokenizer.encode([negative or ""]).expand(len(index), -1)
+    return {"tokens": tokens}, {"tokens": null}
 
 
 def batched(n: int, batch_size: int, seed: int, run: Callable[[slice, list[torch.Generator]], torch.Tensor]):
@@ -69,16 +79,19 @@ Solve = Callable[[Callable, slice, list[torch.Generator]], torch.Tensor]
 @torch.no_grad()
 def generate(denoiser, solve: Solve, *, n: int, labels: torch.Tensor | None, null_label: int | None,
              guidance: Guidance, seed: int, batch_size: int, device: torch.device | str,
-             conditions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+             conditions: dict[str, torch.Tensor] | None = None,
+             null_conditions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """n results of ``solve(model, part, generators)`` for consecutive batches (see :func:`batched`),
     where ``model`` is the denoiser with labels[part], conditions[...][part] (other per-sample inputs, e.g.
-    known frames) and ``guidance`` bound in. Returns [n, ...] on the CPU."""
+    known frames or caption tokens), null_conditions[...][part] (what the unconditional branch gets instead:
+    :func:`prompt_conditions`) and ``guidance`` bound in. Returns [n, ...] on the CPU."""
     device = torch.device(device)
 
     def run(part, gens):
         y = None if labels is None else labels[part].to(device)
         bound = {k: v[part].to(device) for k, v in (conditions or {}).items()}
-        return solve(guidance.bind(denoiser, y, null_label, bound), part, gens)
+        null = {k: v[part].to(device) for k, v in (null_conditions or {}).items()}
+        return solve(guidance.bind(denoiser, y, null_label, bound, null), part, gens)
 
     return batched(n, batch_size, seed, run)
 

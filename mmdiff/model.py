@@ -25,7 +25,8 @@ from .core.context import context_input
 from .core.editing import continuation_input, inpaint
 from .core.samplers import SAMPLERS
 from .errors import UserError
-from .generate import Guidance, from_noise, generate
+from .generate import Guidance, from_noise, generate, prompt_conditions
+from .models.text import ByteTokenizer
 
 
 EDIT_METHODS = ("auto", "condition", "repaint")
@@ -62,6 +63,9 @@ class Model:
         self.decoder: Path | None = None    # the learned decoder's file the modality decodes with (use_decoder)
         self.shape: list[int] = info["shape"]
         self.class_names: list[str] = info["class_names"] if run_cfg["model"].get("num_classes") else []
+        text = run_cfg["model"].get("text")
+        # conditioning=text: the tokenizer needs only the caption length the checkpoint's config records
+        self.tokenizer: ByteTokenizer | None = ByteTokenizer(text["max_length"]) if text else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True,
@@ -117,6 +121,11 @@ class Model:
                      "guidance 1 (not %s)", self.distilled.get("guidance"), guidance.scale)
             return dataclasses.replace(guidance, scale=1.0, guide=None)
         return guidance
+
+    def guidance_from_config(self, cfg) -> Guidance:
+        """The guidance a run config asks for (scale, rescale, interval, thresholding and ``guide=CHECKPOINT``,
+        loaded and checked), as this model takes it: what mode=sample and mode=eval sample with."""
+        return self.guidance_for(Guidance.from_config(cfg, self.guide(cfg.get("guide"))))
 
     def check_sampler(self, sampler: str) -> None:
         """Warn when a distilled student is sampled by an ODE solver instead of consistency sampling."""
@@ -267,6 +276,33 @@ class Model:
         known = known.expand(x_known.shape[0], -1) if known.ndim == 1 else known
         return {"cond": context_input(x_known, known, self.modality.time_dim(self.shape))}
 
+    def refuse_text(self, mode: str) -> None:
+        """A UserError for the modes that do not take prompts yet, rather than running them unconditionally."""
+        if self.tokenizer is not None:
+            raise UserError(f"mode={mode} does not take prompts yet, and this checkpoint was trained with captions "
+                            "(conditioning=text): use mode=sample with prompt=... (or a conditioning=label model)")
+
+    def prompt_inputs(self, prompts: list[str] | None, n: int, negative: str | None = None, labels: Any = None):
+        """For a model trained with conditioning=text: (index [n] of each sample's prompt, conditions,
+        null_conditions) for :func:`mmdiff.generate.generate`, the prompts taking turns (a block of ceil(n / P) each,
+        as classes do); ``negative`` replaces the empty caption in the unconditional branch. For a model trained with
+        class labels: None, after refusing prompts. Either kind refuses the other's inputs (``labels``: a class)."""
+        if self.tokenizer is None:
+            if prompts is not None or negative is not None:
+                raise UserError("this checkpoint was trained with class labels (conditioning=label), not captions: "
+                                "drop prompt=/prompts=/negative_prompt= and choose classes with class=..., or train "
+                                "a model with conditioning=text")
+            return None
+        if labels is not None:
+            raise UserError(f"class={labels} was given but this checkpoint was trained with captions "
+                            "(conditioning=text), not class labels: describe the samples with prompt=\"...\" (or "
+                            "prompts=FILE) instead")
+        if not prompts:
+            raise UserError("this checkpoint was trained with captions (conditioning=text): give prompt=\"...\" or "
+                            "prompts=FILE (one prompt per line)")
+        index = resolve_labels(None, n, list(prompts))
+        return (index, *prompt_conditions(self.tokenizer, list(prompts), index, negative))
+
     def _labels(self, labels: Any, n: int) -> torch.Tensor | None:
         if isinstance(labels, torch.Tensor) or (labels is None and not self.class_names):
             return labels
@@ -277,14 +313,17 @@ class Model:
                guidance: float | None = None, seed: int | None = None, batch_size: int | None = None, callback=None,
                schedule: str | None = None, noise: torch.Tensor | None = None, guidance_rescale: float | None = None,
                guidance_interval: tuple[float, float] | None = None, dynamic_threshold: float | None = None,
-               guide: str | Path | None = None, **sampler_options) -> torch.Tensor:
+               guide: str | Path | None = None, prompts: str | list[str] | None = None,
+               negative_prompt: str | None = None, **sampler_options) -> torch.Tensor:
         """n samples in model space [n, *shape]; sample i draws its noise from seed + i (``mode=sample``'s
         options, the same names; anything left out takes conf/'s default, and the sampler's options and
         schedule those of conf/sampler/<sampler>.yaml). ``schedule``: a step schedule's name, or "fitted"
         (see :meth:`fit_schedule`). ``noise``: your own starting noise [n, *shape] at unit variance (e.g. to
         compare samplers or checkpoints from the same draws); the seed then only drives stochastic
         samplers' noise. ``guide``: a checkpoint of a weaker model of the same data to guide away from
-        (autoguidance) instead of the unconditional branch. A distilled student (:attr:`distilled`) samples
+        (autoguidance) instead of the unconditional branch. ``prompts`` (a model trained with conditioning=text,
+        instead of ``labels``): a caption, or a list taking turns; ``negative_prompt`` replaces the empty caption of
+        the unconditional branch. A distilled student (:attr:`distilled`) samples
         with sampler="consistency", 2 steps and guidance 1 unless told otherwise."""
         top = defaults()
         if self.distilled:
@@ -307,8 +346,11 @@ class Model:
                              **(spec["schedule_options"] if schedule is None else {}))
         solve = from_noise(self.shape, sampler, sigmas, spec["options"] | sampler_options, device=self.device,
                            noise=noise, callback=callback)
-        return generate(self.denoiser, solve, n=n, labels=self._labels(labels, n), null_label=self.null_label,
-                        guidance=guide, seed=seed, batch_size=batch_size, device=self.device)
+        text = self.prompt_inputs([prompts] if isinstance(prompts, str) else prompts, n, negative_prompt, labels)
+        return generate(self.denoiser, solve, n=n, labels=self._labels(labels, n) if text is None else None,
+                        null_label=self.null_label, guidance=guide, seed=seed, batch_size=batch_size,
+                        device=self.device, conditions=None if text is None else text[1],
+                        null_conditions=None if text is None else text[2])
 
     def fit_schedule(self, sampler: str = "dpmpp_2m", steps: int = 10, *, guidance: float | None = None,
                      start: str = "karras", seed: int = 0, save: bool = False, **fit_options):

@@ -12,6 +12,7 @@ from mmdiff.core.phema import reconstruct
 from mmdiff.core.samplers import SAMPLERS
 from mmdiff.errors import UserError
 from mmdiff.model import Model
+from mmdiff.tasks import eval as eval_task
 from mmdiff.tasks.train import train
 
 from .conftest import TINY, compose_config
@@ -96,6 +97,11 @@ def test_autoguidance_through_the_cli(tmp_path):
     assert any(a.read_bytes() != b.read_bytes() for a, b in zip(cfg_files, auto_files))  # the guide was used
     by_api = model.decode(model.sample(n=4, labels=2, steps=3, guidance=2.0, guide=weak))
     assert torch.equal(model.modality.read_samples(auto_files), by_api)
+    # mode=eval samples with the guide too (it once ignored guide= and scored plain CFG)
+    evaluated, _ = eval_task._generate(compose_config(common[1:] + ["mode=eval", f"guide={weak}"]), model)
+    assert torch.equal(evaluated, by_api)
+    plain, _ = eval_task._generate(compose_config(common[1:] + ["mode=eval"]), model)
+    assert not torch.equal(plain, by_api)
     other = train(compose_config(TINY + ["trainer.max_steps=1", "dataset.size=16"]), tmp_path / "other")
     with pytest.raises(UserError, match="guide with a weaker model of the same data"):
         model.sample(n=2, labels=2, steps=3, guide=other)

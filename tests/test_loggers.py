@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,12 @@ def wandb_runs(run_dir: Path) -> list[Path]:
 def wandb_run(folder: Path) -> tuple[str, dict, list[tuple[int, dict]]]:
     """(run id, config, [(step, {key: value})]) of an offline run folder."""
     (path,) = folder.glob("run-*.wandb")
+    # W&B's service process may still be writing the file when run.finish() has returned (on a busy machine the
+    # file was seen holding its 7-byte header only): wait for the run's exit record, which it writes last
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (path.stat().st_size >= 7 and any(
+            r.WhichOneof("record_type") == "exit" for r in wandb_records(path))):
+        time.sleep(0.2)
     run_id, config, history = None, {}, []
     for record in wandb_records(path):
         kind = record.WhichOneof("record_type")

@@ -30,7 +30,10 @@ class CFGDenoiser:
     (Kynkäänniemi et al. 2024, Sec. 3); elsewhere the result is the conditional model, one call.
 
     ``conditions``: other per-sample inputs of the denoiser (keyword tensors [B, ...], e.g. known video frames
-    as extra channels), bound like the labels and given to both branches: guidance is on the labels only.
+    as extra channels), bound like the labels and given to both branches, except those named in
+    ``null_conditions``: the unconditional branch gets those values instead. Captions are one: the conditional
+    branch gets the prompt's tokens, the unconditional one the empty caption's, or a negative prompt's
+    (a negative prompt *is* the unconditional branch replaced). Guidance is on the labels and those.
 
     ``guide``: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"): the
     branch guided away from is this weaker denoiser (an earlier snapshot, a smaller model of the same data)
@@ -40,19 +43,26 @@ class CFGDenoiser:
 
     def __init__(self, denoiser, labels: torch.Tensor | None, scale: float = 1.0, null_label: int | None = None, *,
                  rescale: float = 0.0, interval: tuple[float, float] | None = None,
-                 conditions: dict[str, torch.Tensor] | None = None, guide=None):
+                 conditions: dict[str, torch.Tensor] | None = None, guide=None,
+                 null_conditions: dict[str, torch.Tensor] | None = None):
         self.denoiser, self.labels, self.scale, self.null_label = denoiser, labels, float(scale), null_label
         self.rescale = float(rescale)
         self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
         self.conditions = dict(conditions or {})
+        self.null_conditions = dict(null_conditions or {})
         self.guide = guide
 
-    def _call(self, x, sigma, labels, twice: bool = False, denoiser=None):
-        extra = {k: torch.cat([v, v]) if twice else v for k, v in self.conditions.items()}
+    def _call(self, x, sigma, labels, twice: bool = False, denoiser=None, null: bool = False):
+        """One network call: the conditional branch; ``null`` the unconditional one; ``twice`` both, stacked."""
+        uncond = self.conditions | self.null_conditions
+        if twice:
+            extra = {k: torch.cat([v, uncond[k]]) for k, v in self.conditions.items()}
+        else:
+            extra = uncond if null else self.conditions
         return (denoiser or self.denoiser)(x, sigma, labels, **extra)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.scale == 1.0 or (self.labels is None and self.guide is None):
+        if self.scale == 1.0 or (self.labels is None and self.guide is None and not self.null_conditions):
             return self._call(x, sigma, self.labels)
         inside = None
         if self.interval is not None:
@@ -63,11 +73,11 @@ class CFGDenoiser:
         if self.guide is not None:  # two networks: two calls
             cond, uncond = self._call(x, sigma, self.labels), self._call(x, sigma, self.labels, denoiser=self.guide)
         else:
-            null = torch.full_like(self.labels, self.null_label)
+            null = None if self.labels is None else torch.full_like(self.labels, self.null_label)
             if self.scale == 0.0 and self.rescale == 0.0 and (inside is None or inside.all()):
-                return self._call(x, sigma, null)
-            cond, uncond = self._call(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.labels, null]),
-                                      twice=True).chunk(2)
+                return self._call(x, sigma, null, null=True)
+            both = None if self.labels is None else torch.cat([self.labels, null])
+            cond, uncond = self._call(torch.cat([x, x]), torch.cat([sigma, sigma]), both, twice=True).chunk(2)
         guided = uncond + self.scale * (cond - uncond)
         if self.rescale != 0.0:
             guided = rescale_guidance(guided, cond, self.rescale)
@@ -120,6 +130,16 @@ def quantile(v: torch.Tensor, q: float) -> torch.Tensor:
     lo = int(pos)
     hi = min(lo + 1, v.shape[1] - 1)
     return v[:, lo] + (pos - lo) * (v[:, hi] - v[:, lo])
+
+
+def drop_captions(tokens: torch.Tensor, p: float, empty: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each row of ``tokens`` [B, L] by the empty caption's tokens ``empty`` [L] with probability p (the
+    training half of classifier-free guidance for captions, GLIDE's 20 %; one draw per row, on the CPU)."""
+    if p <= 0:
+        return tokens
+    drop = (torch.rand(tokens.shape[0], generator=generator) < p).to(tokens.device)
+    return torch.where(drop[:, None], empty.to(tokens.device), tokens)
 
 
 def drop_labels(labels: torch.Tensor, p: float, null_label: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from ..errors import UserError
+from .captions import file_texts
 from .dataset import Dataset
 from .scan import load_files, scan_folder
 from .splits import split_items
@@ -315,4 +316,5 @@ def load_audio_folder(root: str, sample_rate: int = 16000, seconds: float = 1.0,
                        normalize=normalize)
     return Files(items, load_one, class_names, "audio_folder", "audio", root=Path(root).expanduser(),
                  options={"sample_rate": sample_rate, "length": length, "crop": crop, "seed": seed,
-                          "normalize": normalize})
+                          "normalize": normalize},
+                 texts=file_texts([p for p, _ in items], Path(root).expanduser()))

@@ -23,6 +23,8 @@ class Dataset:
                  a moving digit), for metrics and captions; carried by ``subset``.
     window:      for data with a time axis whose items are longer than what the model trains on: the
                  number of steps of the training window, drawn afresh per epoch (None: the whole item).
+    texts:       a caption per item from the files themselves (a sidecar .txt, metadata.jsonl; None where an
+                 item has none), or None: mmdiff.data.captions; carried by ``subset``.
     """
 
     data: torch.Tensor
@@ -32,6 +34,7 @@ class Dataset:
     cache: Path | None = field(default=None, compare=False)
     extras: dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
     window: int | None = None
+    texts: list[str | None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.data.ndim < 2:
@@ -45,6 +48,8 @@ class Dataset:
         bad = [k for k, v in self.extras.items() if len(v) != len(self.labels)]
         if bad:
             raise ValueError(f"extras {bad} do not have one entry per sample ({len(self.labels)})")
+        if self.texts is not None and len(self.texts) != len(self.labels):
+            raise ValueError(f"{len(self.texts)} texts for {len(self.labels)} samples")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got "
                              f"[{int(self.labels.min())}, {int(self.labels.max())}]")
@@ -73,5 +78,6 @@ class Dataset:
             indices = torch.as_tensor(indices)
             if indices.dtype != torch.bool:
                 indices = indices.to(torch.int64).reshape(-1)
+        texts = None if self.texts is None else [self.texts[i] for i in torch.arange(len(self))[indices].tolist()]
         return Dataset(self.data[indices], self.labels[indices], self.class_names, self.name,
-                       extras={k: v[indices] for k, v in self.extras.items()}, window=self.window)
+                       extras={k: v[indices] for k, v in self.extras.items()}, window=self.window, texts=texts)

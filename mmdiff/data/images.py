@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..errors import UserError
+from .captions import file_texts
 from .dataset import Dataset
 from .scan import scan_folder
 from .splits import every_kth, split_items
@@ -207,5 +208,7 @@ def load_image_folder(root: str, size: int = 32, channels: int = 3, split: str =
                         f"or dataset.channels=3 (RGB)")
     size = _check_size(size)
     items, class_names = scan_folder(root, IMAGE_EXTENSIONS, "image")
-    return Files(split_items(items, split), partial(_image_item, size=size, channels=channels), class_names, "image_folder", "image",
-                 root=Path(root).expanduser(), options={"size": size, "channels": channels})
+    items = split_items(items, split)
+    return Files(items, partial(_image_item, size=size, channels=channels), class_names, "image_folder", "image",
+                 root=Path(root).expanduser(), options={"size": size, "channels": channels},
+                 texts=file_texts([p for p, _ in items], Path(root).expanduser()))

@@ -216,7 +216,9 @@ def load_notes(sample_rate: int = 8000, seconds: float = 0.5, per_pitch: int = 4
     streams = {"train": [seed], "test": [[seed, 1]], "all": [seed, [seed, 1]]}[split]
     parts = [_render(np.random.default_rng(s), sample_rate, length, per_pitch, octaves, low_midi, timbres)
              for s in streams]
-    return Dataset(torch.cat([p.data for p in parts]), torch.cat([p.labels for p in parts]), timbres, "notes")
+    midi = torch.from_numpy(notes_pitches(octaves, low_midi, per_pitch, len(timbres))).repeat(len(parts))
+    return Dataset(torch.cat([p.data for p in parts]), torch.cat([p.labels for p in parts]), timbres, "notes",
+                   extras={"midi": midi})
 
 
 def _render(rng: np.random.Generator, sample_rate: int, length: int, per_pitch: int, octaves: int, low_midi: int,

@@ -58,13 +58,15 @@ class Files:
     root: Path | None = None           # where a cache may go (next to the data)
     options: dict = field(default_factory=dict)
     window: int | None = None          # see Dataset.window
+    texts: list[str | None] | None = None  # a caption per file (see Dataset.texts), or None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, positions: slice) -> Files:
         """The files at ``positions`` (a slice of the list)."""
-        return dataclasses.replace(self, items=self.items[positions])
+        return dataclasses.replace(self, items=self.items[positions],
+                                   texts=None if self.texts is None else self.texts[positions])
 
     def fingerprint(self) -> str:
         """sha256 of what decoding depends on: the files (name, size, modification time, class), the class
@@ -77,21 +79,28 @@ class Files:
         for path, label in self.items:
             st = path.stat()
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+        if self.texts is not None:  # the cache holds the captions too: an edited one makes a new cache
+            h.update(json.dumps(self.texts).encode())
         return h.hexdigest()
 
     def load(self) -> Dataset:
         """Decode every file into memory (unreadable ones skipped with one warning)."""
-        loaded, labels, failures = [], [], []
-        for path, label in self.items:
+        loaded, labels, failures, kept = [], [], [], []
+        for i, (path, label) in enumerate(self.items):
             value, why = try_load(self.load_one, path)
             if why is None:
                 loaded.append(value)
                 labels.append(label)
+                kept.append(i)
             else:
                 failures.append((path, why))
         report_failures(len(loaded), failures, self.what)
         return Dataset(torch.stack(loaded).to(torch.float32), torch.tensor(labels, dtype=torch.int64),
-                       self.class_names, self.name, window=self.window)
+                       self.class_names, self.name, window=self.window, texts=self.texts_of(kept))
+
+    def texts_of(self, kept: list[int]) -> list[str | None] | None:
+        """The captions of the files at positions ``kept`` (those that decoded), or None without captions."""
+        return None if self.texts is None else [self.texts[i] for i in kept]
 
 
 def prepare(loaded: Dataset | Files, streaming: bool | str = "auto", *, stream_above_gb: float = 2.0,
@@ -124,12 +133,13 @@ def _open(array: Path, meta: dict, name: str) -> Dataset:
     data = torch.from_numpy(np.memmap(array, np.float32, "c", shape=shape))  # "c": pages stay shared until written
     extras = {k: torch.tensor(v["values"], dtype=getattr(torch, v["dtype"])) for k, v in meta["extras"].items()}
     return Dataset(data, torch.tensor(meta["labels"], dtype=torch.int64), meta["class_names"], name, cache=array,
-                   extras=extras, window=meta["window"])
+                   extras=extras, window=meta["window"], texts=meta.get("texts"))
 
 
-def _meta(dataset_like, n: int, shape, labels: list[int], skipped: int, extras: dict | None = None) -> dict:
+def _meta(dataset_like, n: int, shape, labels: list[int], skipped: int, extras: dict | None = None,
+          texts: list | None = None) -> dict:
     return {"format": FORMAT, "n": n, "shape": list(shape), "labels": labels, "class_names": dataset_like.class_names,
-            "skipped": skipped, "window": dataset_like.window,
+            "skipped": skipped, "window": dataset_like.window, "texts": texts,
             "extras": {k: {"values": v.tolist(), "dtype": str(v.dtype).removeprefix("torch.")}
                        for k, v in (extras or {}).items()}}
 
@@ -160,13 +170,15 @@ def to_disk(dataset: Dataset, cache: str | None = None) -> Dataset:
                                    sorted(dataset.extras)]).encode())
     for t in (dataset.data, dataset.labels, *dataset.extras.values()):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    if dataset.texts is not None:
+        h.update(json.dumps(dataset.texts).encode())
     array, meta_path = _paths(h.hexdigest(), None, cache)
     found = _cached(array, meta_path, dataset.name)
     if found is not None:
         return found
     with atomic_path(array) as tmp:
         dataset.data.detach().cpu().to(torch.float32).contiguous().numpy().tofile(tmp)
-    meta = _meta(dataset, len(dataset), dataset.shape, dataset.labels.tolist(), 0, dataset.extras)
+    meta = _meta(dataset, len(dataset), dataset.shape, dataset.labels.tolist(), 0, dataset.extras, dataset.texts)
     return _finish(array, meta_path, meta, dataset.name)
 
 
@@ -196,9 +208,9 @@ def decode_to_disk(files: Files, workers: int = 2, cache: str | None = None) -> 
         return found
     loader = DataLoader(_Decode(files), batch_size=None, num_workers=workers, collate_fn=_unbatched,
                         generator=torch.Generator())  # leaves the global RNG alone: a cache hit trains the same
-    labels, failures, shape = [], [], None
+    labels, failures, shape, kept = [], [], None, []
     with atomic_path(array) as tmp, open(tmp, "wb") as out:
-        for (path, label), (value, why) in zip(files.items, loader):
+        for i, ((path, label), (value, why)) in enumerate(zip(files.items, loader)):
             if why is None and shape is not None and list(value.shape) != shape:
                 why = f"decoded to shape {list(value.shape)}, not {shape} like the others"
             if why is not None:
@@ -207,9 +219,11 @@ def decode_to_disk(files: Files, workers: int = 2, cache: str | None = None) -> 
             shape = shape or list(value.shape)
             out.write(value.to(torch.float32).contiguous().numpy().tobytes())
             labels.append(label)
+            kept.append(i)
         out.flush()
         report_failures(len(labels), failures, files.what)
-    return _finish(array, meta_path, _meta(files, len(labels), shape, labels, len(failures)), files.name)
+    meta = _meta(files, len(labels), shape, labels, len(failures), texts=files.texts_of(kept))
+    return _finish(array, meta_path, meta, files.name)
 
 
 # --- reading batches for training ---------------------------------------------------------------------

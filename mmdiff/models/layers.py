@@ -24,6 +24,8 @@ from torch import nn
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+# Text tokens for cross-attention: (features [B, L, W], keep [B, L] bool, False at padded tokens)
+Context = tuple[torch.Tensor, torch.Tensor]
 
 
 def conv_nd(dims: int, in_ch: int, out_ch: int, kernel_size: int = 3) -> nn.Module:
@@ -263,7 +265,7 @@ class Attention(nn.Module):
     In a factorised video U-Net it runs on the frames folded into the batch: spatial attention per frame.
     """
 
-    def __init__(self, ch: int, head_channels: int = 32, groups: int = 32):
+    def __init__(self, ch: int, head_channels: int = 32, groups: int = 32, context_ch: int = 0):
         super().__init__()
         self.heads = max(1, ch // head_channels)
         if ch % self.heads:
@@ -272,18 +274,31 @@ class Attention(nn.Module):
         self.norm = group_norm(ch, groups)
         self.qkv = nn.Linear(ch, 3 * ch)
         self.proj = zero_init(nn.Linear(ch, ch))
+        # Text tokens as extra keys and values of the same attention (GLIDE's encoder_kv, Nichol et al. 2022)
+        self.context_kv = nn.Linear(context_ch, 2 * ch) if context_ch else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, *spatial] -> same shape."""
+    def forward(self, x: torch.Tensor, context: Context | None = None) -> torch.Tensor:
+        """x: [B, C, *spatial] -> same shape; ``context``: text tokens to attend to besides the positions."""
         B, C = x.shape[:2]
         h = self.norm(x.reshape(B, C, -1)).transpose(1, 2)                # [B, N, C]
-        return x + self.mix(h).transpose(1, 2).reshape(x.shape)           # a view; the sum is contiguous
+        return x + self.mix(h, context=context).transpose(1, 2).reshape(x.shape)  # a view; the sum is contiguous
 
-    def mix(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised tokens h [B, N, C] -> proj(attention per head) [B, N, C]; bias [heads, N, N] or None."""
+    def mix(self, h: torch.Tensor, bias: torch.Tensor | None = None, context: Context | None = None) -> torch.Tensor:
+        """Normalised tokens h [B, N, C] -> proj(attention per head) [B, N, C]; bias [heads, N, N] or None.
+        With ``context`` (a layer built with ``context_ch``), the keys and values are the N positions' followed
+        by the L text tokens' (projected by ``context_kv``); padded text tokens get weight 0."""
         B, N, C = h.shape
         qkv = self.qkv(h).reshape(B, N, 3, self.heads, C // self.heads)  # [B, N, 3, heads, d]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                              # each [B, heads, N, d]
+        if context is not None and self.context_kv is not None:
+            tokens, keep = context
+            L = tokens.shape[1]
+            kv = self.context_kv(tokens.to(h.dtype)).reshape(B, L, 2, self.heads, C // self.heads)
+            k_c, v_c = kv.permute(2, 0, 3, 1, 4)                          # each [B, heads, L, d]
+            k, v = torch.cat([k, k_c], dim=2), torch.cat([v, v_c], dim=2)
+            # no position bias here: only TemporalAttention has one, and it takes no text
+            bias = torch.zeros(B, 1, 1, N + L, dtype=q.dtype, device=q.device)
+            bias[..., N:].masked_fill_(~keep[:, None, None, :], float("-inf"))
         h = attention(q, k, v, bias)                                      # [B, heads, N, d]
         return self.proj(h.transpose(1, 2).reshape(B, N, C))
 
@@ -338,17 +353,20 @@ class Block(nn.Module):
     """
 
     def __init__(self, dims: int, in_ch: int, out_ch: int, emb_ch: int, *, attention: bool,
-                 head_channels: int = 32, dropout: float = 0.0, groups: int = 32, temporal: bool = False):
+                 head_channels: int = 32, dropout: float = 0.0, groups: int = 32, temporal: bool = False,
+                 context_ch: int = 0):
         super().__init__()
         self.res = ResBlock(dims, in_ch, out_ch, emb_ch, dropout, groups, temporal=temporal)
-        self.attn = Attention(out_ch, head_channels, groups) if attention else None
+        self.attn = Attention(out_ch, head_channels, groups, context_ch) if attention else None
         self.temporal_attn = TemporalAttention(out_ch, head_channels, groups) if attention and temporal else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: Frames | None = None) -> torch.Tensor:
-        """x: [B, in_ch, *spatial]; emb: [B, emb_ch] -> [B, out_ch, *spatial] (B is B*T with ``frames``)."""
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: Frames | None = None,
+                context: Context | None = None) -> torch.Tensor:
+        """x: [B, in_ch, *spatial]; emb: [B, emb_ch] -> [B, out_ch, *spatial] (B is B*T with ``frames``);
+        ``context``: text tokens for the attention (one row per row of x)."""
         x = self.res(x, emb, frames)
         if self.attn is not None:
-            x = self.attn(x)
+            x = self.attn(x, context)
         if self.temporal_attn is not None:
             x = self.temporal_attn(x, frames)
         return x

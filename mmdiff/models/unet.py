@@ -44,6 +44,7 @@ from torch import nn
 
 from .layers import (EMBEDDINGS, Block, Downsample, Frames, ResBlock, Upsample, conv_nd, group_norm, patchify,
                      unpatchify, zero_init)
+from .text import TextEncoder
 
 TEMPORAL = ("full", "factorized")
 # What check_input_shape calls the axes of a video (dims=3: time is the first spatial axis).
@@ -67,6 +68,10 @@ class UNet(nn.Module):
     x before conv_in (known frames and their mask, as MCVD joins its conditioning frames); zeros when
     ``cond`` is None. ``temporal`` chooses the form of a video network (dims=3; see the module
     docstring); 1-D and 2-D networks ignore it.
+
+    ``text`` ({width, layers, heads, max_length}: mmdiff.models.text.TextEncoder) conditions on captions, GLIDE's
+    way: the encoder is part of this network and trains with it; its token features are extra keys and values
+    of every attention layer (``attn_levels`` and the middle block), its pooled output joins the embedding.
     """
 
     def __init__(self, dims: int = 2, in_channels: int = 1, out_channels: int | None = None,
@@ -74,7 +79,8 @@ class UNet(nn.Module):
                  attn_levels: Sequence[int] = (), head_channels: int = 32, dropout: float = 0.0,
                  num_classes: int = 0, embedding: str = "positional",
                  down_factors: Sequence[int] | Sequence[Sequence[int]] | int = 2, groups: int = 32,
-                 patch_size: int | Sequence[int] = 1, temporal: str = "full", cond_channels: int = 0):
+                 patch_size: int | Sequence[int] = 1, temporal: str = "full", cond_channels: int = 0,
+                 text: dict | None = None):
         super().__init__()
         channel_mult = [int(m) for m in channel_mult]
         attn_levels = sorted({int(a) for a in attn_levels})
@@ -110,10 +116,15 @@ class UNet(nn.Module):
         self.noise_embed = EMBEDDINGS[embedding](channels)
         self.noise_mlp = nn.Sequential(nn.Linear(channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.label_embed = nn.Embedding(num_classes + 1, emb_ch) if num_classes > 0 else None
+        # Text (GLIDE): an encoder trained with the network; its pooled output joins the embedding, its tokens
+        # are extra keys and values of every attention layer.
+        self.text_encoder = TextEncoder(**dict(text)) if text else None
+        self.text_pool = nn.Linear(self.text_encoder.width, emb_ch) if text else None
+        context_ch = self.text_encoder.width if text else 0
 
         def block(in_ch: int, out_ch: int, attention: bool) -> Block:
             return Block(conv_dims, in_ch, out_ch, emb_ch, attention=attention, head_channels=head_channels,
-                         dropout=dropout, groups=groups, temporal=self.factorized)
+                         dropout=dropout, groups=groups, temporal=self.factorized, context_ch=context_ch)
 
         # Down path; skip_chs records the width of every tensor pushed on the skip stack.
         # With a patch size p > 1 the network runs on patches (space-to-depth, as in ViT/DiT patch
@@ -195,9 +206,13 @@ class UNet(nn.Module):
                          f"(e.g. {example}), or a factor of 1 along {axes} in model.down_factors and "
                          f"model.patch_size, or fewer levels in model.channel_mult")
 
-    def embed(self, c_noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """c_noise [B], labels [B] or None -> the conditioning vector [B, 4 * channels], after SiLU."""
+    def embed(self, c_noise: torch.Tensor, labels: torch.Tensor | None,
+              text: torch.Tensor | None = None) -> torch.Tensor:
+        """c_noise [B], labels [B] or None, text [B, 4 * channels] (the projected pooled caption) or None -> the
+        conditioning vector [B, 4 * channels], after SiLU."""
         emb = self.noise_mlp(self.noise_embed(c_noise))
+        if text is not None:
+            emb = emb + text
         if self.label_embed is not None:
             if labels is None:
                 labels = torch.full((c_noise.shape[0],), self.num_classes, dtype=torch.long, device=c_noise.device)
@@ -205,9 +220,12 @@ class UNet(nn.Module):
         return F.silu(emb)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None, independent: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, independent: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, in_channels, *spatial]; c_noise: [B]; labels: [B] int64 or None; cond: [B, cond_channels,
-        *spatial] or None (zeros); independent: [B] bool or None (all False) -> [B, out_channels, *spatial].
+        *spatial] or None (zeros); independent: [B] bool or None (all False); tokens: [B, L] int64 caption tokens
+        (mmdiff.models.text.ByteTokenizer) or None (the empty caption), for a network built with ``text``
+        -> [B, out_channels, *spatial].
 
         ``independent[b]`` True: the temporal layers skip clip b, so its frames are independent images
         (factorised video; 1-D and 2-D networks ignore it, having no frames to mix; other video networks
@@ -218,42 +236,53 @@ class UNet(nn.Module):
                              f"model.temporal=factorized with factor 1 along time in model.down_factors and "
                              f"model.patch_size (this one: temporal={self.temporal}, total down-sampling "
                              f"{self.total_downsampling}); or pass independent=None")
-        emb = self.embed(c_noise, labels).to(x.dtype)
+        context = None
+        if self.text_encoder is not None:
+            if tokens is None:
+                tokens = self.text_encoder.empty(x.shape[0], x.device)
+            features, keep, pooled = self.text_encoder(tokens)
+            context = (features, keep)
+        emb = self.embed(c_noise, labels, None if context is None else self.text_pool(pooled)).to(x.dtype)
         if self.cond_channels:
             if cond is None:
                 cond = x.new_zeros(x.shape[0], self.cond_channels, *x.shape[2:])
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
         h = patchify(x, self.resampling.patch)
-        frames, e = None, emb                                             # e: the embedding of every row of h
+        frames, e, c = None, emb, context                                 # e, c: every row of h's embedding, text
+
+        def per_frame(frames):
+            return frames.per_frame(emb), None if context is None else tuple(frames.per_frame(v) for v in context)
+
         if self.factorized:
             B, _, T = h.shape[:3]
             frames = Frames(B, T, None if independent is None else ~independent.bool())
-            h, e = h.transpose(1, 2).flatten(0, 1), frames.per_frame(emb)  # [B*T, C, H, W], [B*T, emb_ch]
+            h = h.transpose(1, 2).flatten(0, 1)                           # [B*T, C, H, W]
+            e, c = per_frame(frames)                                      # [B*T, emb_ch], [B*T, L, W]
 
         h = self.conv_in(h)
         skips = [h]
         for level, blocks in enumerate(self.down_blocks):
             for blk in blocks:
-                h = blk(h, e, frames)
+                h = blk(h, e, frames, c)
                 skips.append(h)
             if level < len(self.downsamples):
                 down = self.downsamples[level]
                 h = down(h, frames)
                 if down.time_factor > 1:
                     frames = frames.with_num(frames.num // down.time_factor)
-                    e = frames.per_frame(emb)
+                    e, c = per_frame(frames)
                 skips.append(h)
-        for blk in self.middle:
-            h = blk(h, e, frames)
+        h = self.middle[0](h, e, frames, c)
+        h = self.middle[1](h, e, frames)
         for level, blocks in enumerate(self.up_blocks):
             for blk in blocks:
-                h = blk(torch.cat([h, skips.pop()], dim=1), e, frames)
+                h = blk(torch.cat([h, skips.pop()], dim=1), e, frames, c)
             if level < len(self.upsamples):
                 up = self.upsamples[level]
                 h = up(h, frames)
                 if up.time_factor > 1:
                     frames = frames.with_num(frames.num * up.time_factor)
-                    e = frames.per_frame(emb)
+                    e, c = per_frame(frames)
         h = self.conv_out(F.silu(self.norm_out(h)))
         if frames is not None:
             h = frames.to_clips(h).transpose(1, 2).contiguous()           # [B, C, T, H, W]

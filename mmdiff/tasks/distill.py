@@ -145,6 +145,9 @@ def distill_from_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     if not teacher.ema or "diffusion" not in teacher.config:
         raise UserError(f"{source} is not an mmdiff diffusion checkpoint (no EMA weights or diffusion config): "
                         "distill a checkpoint written by mmdiff training (RUN/last.safetensors)")
+    if teacher.config["model"].get("text"):
+        raise UserError(f"{source} was trained with captions (conditioning=text), which mode=distill does not take yet: "
+                        "distill a conditioning=label (or unconditional) checkpoint")
     if (teacher.config.get("distill") or {}).get("from"):
         log.info("%s is itself a distilled student; tuning it further", source)
     if float(cfg.distill.guidance) != 1.0 and not teacher.config["model"].get("num_classes"):

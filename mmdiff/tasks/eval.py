@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..eval.evaluate import check_inception, evaluate, format_table, read_samples_folder
 from ..eval.evaluator import Evaluator, load_or_train_evaluator
 from ..eval.metrics import psnr, ssim
-from ..generate import Guidance, from_noise, generate
+from ..generate import from_noise, generate
 from ..loggers import build_loggers
 from ..model import Model
 
@@ -99,11 +99,12 @@ def _generate(cfg: DictConfig, model: Model):
     """n samples from the checkpoint, decoded, with the labels they were generated for (as mode=sample)."""
     check_sampling_config(cfg)
     model.check_sampler(cfg.sampler.name)
+    model.refuse_text("eval")
     labels = model.labels(cfg["class"], cfg.n)
     sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
     solve = from_noise(model.shape, cfg.sampler.name, sigmas, dict(cfg.sampler.options), device=model.device)
     x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label,
-                 guidance=model.guidance_for(Guidance.from_config(cfg)), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device)
+                 guidance=model.guidance_from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device)
     return model.decode(x), labels
 
 
@@ -133,7 +134,7 @@ def prediction(cfg: DictConfig, model: Model, reference: Dataset, options: dict)
                                               method=cfg.get("edit_method") or "auto", resample=cfg.resample)
     labels = reference.labels[:n].repeat_interleave(k) if model.class_names else None
     x = generate(model.denoiser, solve, n=n * k, labels=labels, null_label=model.null_label,
-                 guidance=model.guidance_for(Guidance.from_config(cfg)), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device,
+                 guidance=model.guidance_from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device,
                  conditions=conditions)
 
     def per_frame(data: torch.Tensor) -> torch.Tensor:  # [m, ...] -> [m, T, *frame]

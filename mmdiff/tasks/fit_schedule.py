@@ -15,6 +15,7 @@ from ..model import Model, sampler_defaults
 def fit_schedule_from_config(cfg: DictConfig) -> dict:
     """Fit, store, and print the error before and after on the fitting and held-out noises."""
     model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
+    model.refuse_text("fit_schedule")
     f = cfg.fit
     start = (sampler_defaults(cfg.sampler.name)["schedule"] if cfg.sampler.schedule == FITTED  # refit from scratch
              else cfg.sampler.schedule)

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..build import build_sigmas, sampler_settings
 from ..core.editing import continuation_mask, interpolate_noise, sdedit
@@ -51,11 +51,14 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
     """mode=sample: rebuild the model from the checkpoint's own config, generate or edit, write files."""
     model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema, decoder=cfg.get("vocoder"))
     modality, shape, names = model.modality, model.shape, model.class_names
-    labels = model.labels(cfg["class"], cfg.n)
+    prompts = read_prompts(cfg)
+    text = model.prompt_inputs(prompts, cfg.n, cfg.get("negative_prompt"), cfg["class"])
+    labels, prompted, null_conditions = (model.labels(cfg["class"], cfg.n), None, None) if text is None else \
+        (None, *text[1:])
     sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
     options, sampler = dict(cfg.sampler.options), cfg.sampler.name
     model.check_sampler(sampler)
-    guidance, out = model.guidance_for(Guidance.from_config(cfg, model.guide(cfg.get("guide")))), Path(cfg.out)
+    guidance, out = model.guidance_from_config(cfg), Path(cfg.out)
     trajectory = Trajectory(frames=10, steps=len(sigmas) - 1) if cfg.trajectory else None
     given = edit_options(cfg, modality)
     if cfg.extend is not None and cfg.init is None:
@@ -90,25 +93,46 @@ def sample_from_checkpoint(cfg: DictConfig) -> list[Path]:
 
     log.info("%s: %d from %s (step %d) with %s, %d steps, guidance %.2f", what, cfg.n, cfg.checkpoint, model.step,
              sampler, cfg.steps, cfg.guidance)
+    if prompted is not None:
+        conditions = (conditions or {}) | prompted
     x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label, guidance=guidance,
                  seed=cfg.seed, batch_size=cfg.n if trajectory else cfg.batch_size, device=model.device,
-                 conditions=conditions)
+                 conditions=conditions, null_conditions=null_conditions)
     if (hint := modality.decoder_hint()) is not None:
         log.info(hint)
     data = modality.decode(x)
     if keep is not None:
         data = modality.restore(data, loaded, keep)
-    paths = _write(cfg, model, data, labels, out)
+    paths = _write(cfg, model, data, labels, out) if text is None else _write(cfg, model, data, text[0], out, prompts)
     if trajectory is not None:
         paths += _write_trajectories(modality, trajectory, x, cfg, out)
     log.info("wrote %d files to %s", len(paths), out)
     return paths
 
 
-def _write(cfg: DictConfig, model: Model, data: torch.Tensor, labels: torch.Tensor | None, out: Path) -> list[Path]:
+def read_prompts(cfg: DictConfig) -> list[str] | None:
+    """The prompts of ``prompt=TEXT`` or ``prompts=FILE`` (one per line, blank lines skipped), or None."""
+    if cfg.get("prompt") is not None and cfg.get("prompts") is not None:
+        raise UserError("give prompt=TEXT or prompts=FILE, not both")
+    if cfg.get("prompt") is not None:  # a list (prompt=[a,b]) takes turns like prompts=FILE
+        return [str(p) for p in cfg.prompt] if OmegaConf.is_list(cfg.prompt) else [str(cfg.prompt)]
+    if cfg.get("prompts") is None:
+        return None
+    path = Path(cfg.prompts)
+    if not path.is_file():
+        raise UserError(f"prompts={path} does not exist: give a text file with one prompt per line")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompts={path} holds no prompt: write one prompt per line")
+    return prompts
+
+
+def _write(cfg: DictConfig, model: Model, data: torch.Tensor, labels: torch.Tensor | None, out: Path,
+           prompts: list[str] | None = None) -> list[Path]:
     """The modality's files; the gallery page with the sampler settings and the model's config at the top; and
-    labels.json: the class of each sample in file order (mode=eval samples=FOLDER reads it)."""
-    modality, names = model.modality, model.class_names
+    labels.json: the class of each sample in file order (mode=eval samples=FOLDER reads it), or with ``prompts``
+    (``labels`` then indexes them) the prompt of each sample."""
+    modality, names = model.modality, prompts or model.class_names
     paths = modality.write_samples(data, labels, names or None, out)
     modality.write_gallery(out, len(data), labels, names or None,
                            Page(None, sampler_settings(cfg, ema=cfg.ema), model.config))

@@ -2,7 +2,7 @@
 
 Each step draws a global batch x0 with noise levels sigma, denoises x0 + sigma * n and minimises the
 weighted error lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2 (EDM Eq. 2) with AdamW. Around it:
-learning-rate warm-up, gradient clipping, EMA, label dropout for classifier-free guidance, mixed
+learning-rate warm-up, gradient clipping, EMA, label (or caption) dropout for classifier-free guidance, mixed
 precision, gradient accumulation, torch.compile, DistributedDataParallel under torchrun, metrics.csv and
 the configured loggers (mmdiff.loggers: TensorBoard, W&B), a progress bar, periodic previews with their
 gallery page and atomic checkpoints.
@@ -40,16 +40,18 @@ from ..checkpoint import SNAPSHOTS, Checkpoint, load_checkpoint, save_checkpoint
 from ..core.context import context_input, draw_masks
 from ..core.ema import EMA
 from ..core.phema import PowerEMA
-from ..core.guidance import drop_labels
+from ..core.guidance import drop_captions, drop_labels
 from ..core.losses import denoising_loss
 from ..core.schedules import append_dims
+from ..data.captions import caption_dataset
 from ..data.order import Batches, Windows
 from ..data.stream import batch_loader
 from ..distributed import World, any_true, close_world, init_world, mean_over_world
 from ..errors import UserError
-from ..generate import Guidance, from_noise, generate
+from ..generate import Guidance, from_noise, generate, prompt_conditions
 from ..loggers import Loggers, build_loggers, check_loggers
 from ..modalities.gallery import Page
+from ..models.text import ByteTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,9 @@ class Run:
     previewed: int | None = None    # the step of the last preview
     power_ema: PowerEMA | None = None  # post-hoc EMA's power-function averages (trainer.phema), or None
     objective: Callable = None      # (run, batch, micro-batch slice, step) -> loss [b]: denoising_objective by default
+    captions: torch.Tensor | None = None  # conditioning=text: [N, phrasings, L] tokens of every item's captions
+    captions_empty: torch.Tensor | None = None  # [L]: the empty caption's tokens (caption dropout, guidance)
+    prompts: list[str] = field(default_factory=list)  # conditioning=text: the previews' prompts (a row each)
     seconds: float = 0.0            # training-loop seconds of earlier invocations (resumed runs)
     started: float | None = None    # perf_counter() when this invocation's loop started
 
@@ -167,7 +172,7 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
     first = dataset.data[:1].float()
     info = data_info(modality.encode(windows.cut(first, torch.zeros(1, dtype=torch.long)) if windows else first),
                      dataset)
-    model_cfg = resolve_model_config(cfg.model, info, cfg.get("time_context"))
+    model_cfg = resolve_model_config(cfg.model, info, cfg.get("time_context"), cfg.get("conditioning"))
     resolved = to_container(cfg) | {"model": model_cfg, "modality": modality_cfg}
     context = resolved["time_context"] if (resolved.get("time_context") or {}).get("enabled") else None
     time_dim = modality.time_dim(info["shape"])
@@ -205,6 +210,8 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
               memory_format=memory_format, conditional=bool(model_cfg.get("num_classes")),
               ckpt_path=run_dir / "last.safetensors", power_ema=power_ema, objective=denoising_objective)
 
+    if model_cfg.get("text"):
+        _prepare_captions(run, dataset, cfg.conditioning)
     logger_state = {}
     if t.resume:
         ckpt = load_checkpoint(t.resume)
@@ -249,6 +256,23 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
     return run
 
 
+def _prepare_captions(run: Run, dataset, conditioning) -> None:
+    """conditioning=text: every item's captions, measured on the training split and tokenized once; the previews'
+    prompts are the first caption of the first captioned item of each class."""
+    k = int(conditioning.phrasings)
+    captions = caption_dataset(dataset, k, run.cfg.seed)
+    tokenizer = ByteTokenizer(conditioning.max_length)
+    run.captions = tokenizer.encode([c for item in captions for c in item]).view(len(captions), k, -1)
+    run.captions_empty = tokenizer.encode([""])[0]
+    firsts = {}
+    for i, c in enumerate(dataset.labels.tolist()):
+        if captions[i][0] and c not in firsts:
+            firsts[c] = i
+    run.prompts = [captions[i][0] for _, i in sorted(firsts.items())]
+    if run.world.is_main:
+        log.info("captions: %d per item, e.g. %s", k, "; ".join(repr(c) for c in captions[0][:3]))
+
+
 # --- one step ------------------------------------------------------------------------------------------
 
 def sample_key(seed: int, step: int, index: int) -> int:
@@ -267,10 +291,12 @@ class Batch:
     cond: torch.Tensor | None = None       # [b, C + 1, *spatial]: the known time steps and their mask
     unknown: torch.Tensor | None = None    # [b, 1, *spatial] float: where the loss is counted (context only)
     independent: torch.Tensor | None = None  # [b] bool: items whose frames are independent images
+    tokens: torch.Tensor | None = None     # [b, L] caption tokens (caption dropout applied), conditioning=text
 
     def conditions(self, part: slice) -> dict[str, torch.Tensor]:
         """The network's inputs besides x, sigma and labels, for the micro-batch ``part``."""
         out = {} if self.cond is None else {"cond": self.cond[part]}
+        out = out if self.tokens is None else out | {"tokens": self.tokens[part]}
         return out if self.independent is None else out | {"independent": self.independent[part]}
 
 
@@ -286,6 +312,11 @@ def draw(run: Run, step: int) -> Batch:
     if run.conditional:
         dropped = drop_labels(run.labels[idx], t.label_dropout, len(run.class_names), gen)
         labels = dropped[part].to(device, non_blocking=True)
+    tokens = None
+    if run.captions is not None:  # a caption of each item, chosen among its phrasings, then caption dropout
+        pick = torch.randint(run.captions.shape[1], (len(idx),), generator=gen)
+        dropped = drop_captions(run.captions[idx, pick], t.label_dropout, run.captions_empty, gen)
+        tokens = dropped[part].to(device, non_blocking=True)
     x0 = run.x_data[idx[part].to(device)] if run.x_data is not None else next(run.loader).to(device, non_blocking=True)
     if run.windows is not None:
         x0 = run.windows.cut(x0, run.windows.offsets(step // run.batches.per_epoch)[idx[part]])
@@ -293,7 +324,7 @@ def draw(run: Run, step: int) -> Batch:
         x0 = run.modality.encode(x0)
     gens = [torch.Generator(device).manual_seed(sample_key(run.cfg.seed, step, j)) for j in range(part.start, part.stop)]
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g, device=device) for g in gens])
-    batch = Batch(x0, sigma, noise, labels)
+    batch = Batch(x0, sigma, noise, labels, tokens=tokens)
     if run.independent is not None:
         batch.independent = run.independent[idx[part]].to(device, non_blocking=True)
     if run.context is not None:
@@ -387,10 +418,18 @@ def preview(run: Run, final: bool = False) -> Path | None:
     cfg = run.cfg
     names = run.class_names if run.conditional else []
     labels = resolve_labels(None, cfg.n, names)
+    conditions = null_conditions = None
+    if run.prompts:  # captions: the prompts take the place of the classes (a grid row each)
+        names = run.prompts
+        index = resolve_labels(None, cfg.n, names)
+        conditions, null_conditions = prompt_conditions(ByteTokenizer(run.captions.shape[-1]), names, index)
     sigmas = build_sigmas(cfg.sampler, cfg.steps, cfg.diffusion)
     solve = from_noise(run.info["shape"], cfg.sampler.name, sigmas, dict(cfg.sampler.options), device=run.device)
     x = generate(run.ema.averaged, solve, n=cfg.n, labels=labels, null_label=len(run.class_names),
-                 guidance=Guidance.from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=run.device)
+                 guidance=Guidance.from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=run.device,
+                 conditions=conditions, null_conditions=null_conditions)
+    if run.prompts:
+        labels = index
     data, folder, modality = run.modality.decode(x), grid.parent, run.modality
     modality.write_grid(data, labels, names or None, grid)
     if final:

@@ -189,3 +189,47 @@ def test_autoguidance_guides_away_from_the_weaker_model_with_the_same_labels():
     assert torch.equal(CFGDenoiser(main, labels, 1.0, guide=weak)(x, sigma), main(x, sigma, labels))
     assert torch.equal(CFGDenoiser(main, labels, 3.0, guide=weak, interval=(2.0, 5.0))(x, sigma),
                        main(x, sigma, labels))
+
+
+# --- captions: the unconditional branch gets the empty caption, or a negative prompt ---------------
+
+
+class Captioned:
+    """D(x, sigma, labels, tokens) = x * sigma + the mean token id of each row (a different answer per caption)."""
+
+    def __call__(self, x, sigma, labels, tokens):
+        assert labels is None
+        return x * sigma.view(-1, 1) + tokens.float().mean(1, keepdim=True)
+
+
+def test_negative_prompt_is_the_unconditional_branch_replaced():
+    from mmdiff.generate import Guidance, prompt_conditions
+    from mmdiff.models.text import ByteTokenizer
+    d, x, s, w = Captioned(), torch.randn(4, 3), torch.rand(4), 3.0
+    tok = ByteTokenizer(16)
+    index = torch.tensor([0, 0, 1, 1])
+    conditions, null = prompt_conditions(tok, ["a thin four", "a seven"], index, negative="thick")
+    out = Guidance(w).bind(d, None, None, conditions, null)(x, s)
+    cond = d(x, s, None, tok.encode(["a thin four", "a seven"])[index])
+    uncond = d(x, s, None, tok.encode(["thick"] * 4))
+    assert torch.allclose(out, uncond + w * (cond - uncond))
+    # without one, the unconditional branch is the empty caption, which is a different answer
+    conditions, null = prompt_conditions(tok, ["a thin four", "a seven"], index)
+    plain = Guidance(w).bind(d, None, None, conditions, null)(x, s)
+    empty = d(x, s, None, tok.encode([""] * 4))
+    assert torch.allclose(plain, empty + w * (cond - empty)) and not torch.allclose(plain, out)
+    # scale 0: the negative prompt's branch alone; scale 1: the prompt's alone
+    assert torch.equal(Guidance(0.0).bind(d, None, None, *prompt_conditions(tok, ["a"], index[:1] * 0, "thick"))(
+        x[:1], s[:1]), d(x[:1], s[:1], None, tok.encode(["thick"])))
+
+
+def test_caption_dropout_rate_and_empty_caption():
+    from mmdiff.core.guidance import drop_captions
+    from mmdiff.models.text import ByteTokenizer
+    tok = ByteTokenizer(8)
+    tokens, empty = tok.encode(["seven"]).expand(50_000, -1), tok.encode([""])[0]
+    out = drop_captions(tokens, 0.2, empty, torch.Generator().manual_seed(0))
+    dropped = (out == empty).all(1)
+    assert ((out == tokens).all(1) | dropped).all()
+    assert abs(dropped.float().mean().item() - 0.2) < 0.01
+    assert drop_captions(tokens, 0.0, empty) is tokens
