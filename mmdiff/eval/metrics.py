@@ -199,7 +199,8 @@ def precision_recall(real, fake, k: int = 3, batch_size: int = 1024) -> tuple[fl
 
 # Parallel WaveGAN's three resolutions (Yamamoto et al. 2020, Table 1): FFT size, hop and window length.
 PWG_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
-MAG_FLOOR = 1e-7  # the magnitude floor of PWG's reference implementation, before the log
+MAG_FLOOR = 1e-7 ** 0.5  # PWG's reference implementation clamps the power |X|^2 at 1e-7 before the square root and
+                         # the log: a magnitude floor of 3.2e-4 (-70 dB below a full-scale sine's 1024-point peak bin)
 
 
 def _stft_mag(wave: Tensor, n_fft: int, hop: int, win: int) -> Tensor:
