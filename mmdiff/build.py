@@ -163,7 +163,8 @@ def build_modality(modality_cfg: DictConfig | dict) -> Modality:
 
 
 # Keys of a dataset config that mmdiff reads itself; the others go to the loader named by _target_.
-DATASET_KEYS = ("modality", "streaming")
+# modality_options: representation settings that suit the data, read by the modality's config (conf/modality/).
+DATASET_KEYS = ("modality", "streaming", "modality_options")
 
 
 def check_dataset_modality(cfg: DictConfig) -> None:

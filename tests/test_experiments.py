@@ -18,7 +18,7 @@ import torch
 from hydra.utils import get_method
 from PIL import Image
 
-from mmdiff.build import (build_dataset, build_denoiser, build_modality, check_run_config, data_info,
+from mmdiff.build import (DATASET_KEYS, build_dataset, build_denoiser, build_modality, check_run_config, data_info,
                           resolve_modality_config, resolve_model_config)
 from mmdiff.data import splits
 
@@ -52,7 +52,7 @@ def test_preset_composes_passes_the_checks_and_states_its_budgets(name):
     assert cfg.modality._target_.rsplit(".", 1)[-1].lower() == f"{modality}modality"
     # every option of the dataset node (but the ones mmdiff reads itself) is an argument of its loader
     takes = set(inspect.signature(get_method(loader)).parameters)
-    assert set(cfg.dataset) - {"_target_", "modality", "streaming"} <= takes
+    assert set(cfg.dataset) - {"_target_", *DATASET_KEYS} <= takes
     # mode=eval has held-out data to measure the preset's quality against
     assert splits.held_out(cfg.dataset.split) is not None
     text = preset_text(name)
@@ -67,6 +67,15 @@ def test_command_line_options_still_win_over_a_preset():
     cfg = compose_config(["+experiment=fsdd", "trainer.max_steps=7", "dataset.root=elsewhere", "model.channels=16"])
     assert (cfg.trainer.max_steps, cfg.dataset.root, cfg.model.channels) == (7, "elsewhere", 16)
     assert cfg.modality._target_.endswith("AudioModality")  # the preset's modality, over the default image
+
+
+def test_fsdd_suggests_its_mel_hop_and_the_command_line_still_wins():
+    def hop(overrides):
+        return resolve_modality_config(compose_config(overrides))["options"]["mel"]["hop_length"]
+    assert hop(["modality=audio"]) == 64  # the built-in notes: the modality's own default
+    assert hop(["modality=audio", "dataset=fsdd"]) == hop(["+experiment=fsdd"]) == 128
+    assert hop(["modality=audio", "dataset=fsdd", "modality.options.mel.hop_length=32"]) == 32
+    assert hop(["+experiment=sc09"]) == 128  # its own mel settings
 
 
 # --- a few files of each real format, for the datasets that are not here ------------------------------------
@@ -126,6 +135,8 @@ def test_preset_builds_its_data_modality_and_model(name, tmp_path):
         assert dataset.class_names == sorted(WORDS) and len(dataset) == 40  # every 5th clip of a word held out
     modality = build_modality(resolve_modality_config(cfg))
     x = modality.encode(dataset.data[:2].float())
+    if name == "fsdd":
+        assert x.shape[1:] == (1, 64, 64)  # 1 s at the dataset's suggested hop of 128 samples
     info = data_info(x, dataset)
     denoiser = build_denoiser(cfg, resolve_model_config(cfg.model, info, cfg.get("time_context")), info)
     stated = float(re.search(r"\(([\d.]+)M parameters\)", preset_text(name))[1])
