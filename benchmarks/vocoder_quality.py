@@ -1,4 +1,5 @@
-"""Held-out real clips rebuilt from their log-mels: Griffin-Lim against a learned vocoder (mode=train_vocoder).
+"""Held-out real clips rebuilt from their log-mels: Griffin-Lim against a learned vocoder (mode=train_vocoder, of
+either kind: vocos or diffusion).
 
 The vocoder's run folder holds the config it was trained with (config.yaml: the dataset and the mel settings).
 On up to ``max_clips`` clips of that dataset's held-out split (evenly spaced over it, so every class is met),
@@ -68,11 +69,13 @@ def main(path: str, max_clips: int = 300, data_root: str | None = None) -> dict:
     decoded["vocoder"], per_clip["vocoder"] = decode_each(modality, x)
 
     record = load_vocoder(vocoder_file)
-    result = {"vocoder": str(vocoder_file), "steps": record.steps, "train_seconds": record.seconds,
+    result = {"vocoder": str(vocoder_file), "kind": record.kind, "steps": record.steps, "train_seconds": record.seconds,
               "parameters": sum(p.numel() for p in record.net.parameters()), "dataset": reference.name,
               "clips": f"{len(clips)} of {described}", "clip_seconds": clip_seconds,
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
               "decoders": {}}
+    if hasattr(record.net, "decoding"):  # a diffusion vocoder: how it samples
+        result["decoding"] = record.net.decoding
     if evaluator is not None:
         result["original_accuracy"] = float((evaluator.predict(clips) == labels).float().mean())
     for name, waves in decoded.items():
@@ -91,7 +94,8 @@ def table(result: dict) -> str:
              "| --- | --- | --- | --- | --- |"]
     acc = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     for name, row in result["decoders"].items():
-        lines.append(f"| {name.replace('_', '-')} | {row['multires_stft']:.3f} | {row['lsd_db']:.2f} | "
+        label = f"vocoder ({result['kind']})" if name == "vocoder" else name.replace("_", "-")
+        lines.append(f"| {label} | {row['multires_stft']:.3f} | {row['lsd_db']:.2f} | "
                      f"{acc(row.get('accuracy'))} | {row['seconds_per_audio_second']:.4f} |")
     floor = next(iter(result["decoders"].values()))
     num = lambda v, digits: "-" if v is None else f"{v:.{digits}f}"  # noqa: E731 - no floor from one clip

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from mmdiff.checkpoint import read_tensors, write_tensors
 from mmdiff.cli import run
 from mmdiff.errors import UserError
 from mmdiff.model import Model
@@ -58,6 +59,24 @@ def test_random_segments_cut_whole_windows_of_the_clips():
     assert short.shape == (2, 1, 60) and (short[..., 50:] == 0).all()  # shorter clips are zero-padded
 
 
+def peak_frequency(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """The frequency (Hz) of the largest bin of each [n, 1, T] wave's spectrum, zero-padded 16x for resolution."""
+    spectrum = torch.fft.rfft(wave[:, 0] * torch.hann_window(wave.shape[-1]), n=16 * wave.shape[-1]).abs()
+    return spectrum.argmax(-1) * sample_rate / (16 * wave.shape[-1])
+
+
+def test_pitch_shift_moves_each_segment_within_its_range():
+    # a 440 Hz sine: without the option every segment stays at 440 Hz; with pitch_shift=1 each moves by a
+    # random amount within one semitone either way, both ways occurring
+    sr, T = 8000, 4000
+    data = torch.sin(2 * math.pi * 440 * torch.arange(T) / sr).view(1, 1, T)
+    plain = peak_frequency(random_segments(data, 32, 2048, torch.Generator().manual_seed(0)), sr)
+    assert (plain - 440).abs().max() < 1
+    f = peak_frequency(random_segments(data, 32, 2048, torch.Generator().manual_seed(0), pitch_shift=1.0), sr)
+    semitones = 12 * torch.log2(f / 440)
+    assert semitones.abs().max() <= 1.02 and semitones.min() < -0.3 and semitones.max() > 0.3
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny generator on two timbres of notes, and a vocoder trained for its data by mode=train_vocoder."""
@@ -73,6 +92,7 @@ def test_train_vocoder_writes_the_vocoder_metrics_and_examples(trained):
     vocoder = load_vocoder(path)
     assert vocoder.mel == Model.from_checkpoint(ckpt).modality.decoder_settings()  # the generator's mel settings
     assert vocoder.steps == 3 and vocoder.seconds > 0 and vocoder.net.architecture["dim"] == 16
+    assert vocoder.kind == "vocos" and "fit" not in vocoder.extra
     scores = vocoder.extra["held_out"]
     assert scores["n"] == 4 and "held out" in scores["clips"]
     assert set(scores["vocoder"]) == set(scores["griffin_lim"]) == {"multires_stft", "lsd_db"}
@@ -154,6 +174,18 @@ def test_a_file_that_is_no_vocoder_is_refused(trained, tmp_path):
     broken.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="corrupt or truncated"):
         sample(ckpt, tmp_path / "s", f"vocoder={broken}")
+
+
+def test_a_vocoder_of_an_unknown_kind_or_version_is_refused_and_old_files_load(trained, tmp_path):
+    _, path, _ = trained
+    tensors, meta = read_tensors(path, "mmdiff-vocoder", "an mmdiff vocoder", "")
+    assert meta["kind"] == "vocos" and "decoding" not in meta        # the format of the first vocoders, unchanged
+    for changed in ({"kind": "wavenet"}, {"version": "2"}):
+        other = write_tensors(tmp_path / "other.safetensors", tensors, meta | changed)
+        with pytest.raises(UserError, match="this mmdiff reads kinds vocos, diffusion version 1: train it again"):
+            load_vocoder(other)
+    old = write_tensors(tmp_path / "old.safetensors", tensors, {k: v for k, v in meta.items() if k != "extra"})
+    assert load_vocoder(old).extra == {} and load_vocoder(old).kind == "vocos"
 
 
 def test_train_vocoder_needs_a_log_mel_audio_model_space(tmp_path):

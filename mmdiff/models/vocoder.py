@@ -10,8 +10,10 @@ and the output has ``LogMel.decode``'s length, hop * (F - 1). Predicting the spe
 (no transposed convolutions) is what makes Vocos small and fast: the inverse FFT does the upsampling.
 
 The file a trained vocoder lives in (``vocoder.safetensors``, written by mode=train_vocoder) holds its
-weights and, as string metadata, the mel settings it was trained for, its architecture, and how long it
-trained (:func:`save_vocoder`, :func:`load_vocoder`); loading never unpickles.
+weights and, as string metadata, its kind (``KINDS``: this module's Vocos, or the diffusion vocoder of
+mmdiff.models.diffusion_vocoder), the mel settings it was trained for, its architecture, how it decodes (a
+diffusion vocoder's sampler, fitted schedule and seed) and how long it trained (:func:`save_vocoder`,
+:func:`load_vocoder`); loading never unpickles.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchaudio
 from torch import Tensor, nn
 
 from ..checkpoint import read_tensors, write_tensors
 from ..errors import UserError
+from .diffusion_vocoder import DiffusionVocoder
+from .mel_spectrum import mel_to_linear
 
 FORMAT = "mmdiff-vocoder"
 VERSION = "1"
-KIND = "vocos"  # the architecture below; the only one so far
 # The mel settings a vocoder is trained for, as LogMel.settings gives them: a vocoder is used only where all match.
 MEL_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "eps", "offset", "scale")
 
@@ -68,6 +70,8 @@ class Vocoder(nn.Module):
     ``skip``, a linear map of the frame's log-mel initialised to spread each band's level evenly over the
     STFT bins it covers (:func:`mel_to_linear`), so that training starts from roughly the right magnitudes
     and spends its steps on the phase and the detail; the map is trained with the rest."""
+
+    kind = "vocos"
 
     def __init__(self, mel: dict, *, dim: int, intermediate_dim: int, num_layers: int, kernel_size: int):
         super().__init__()
@@ -120,23 +124,6 @@ class Vocoder(nn.Module):
         return self.synthesize(self.spectrum(x))
 
 
-def mel_to_linear(mel: dict) -> tuple[Tensor, Tensor]:
-    """(W [n_fft // 2 + 1, n_mels], b [n_fft // 2 + 1]) with W x + b ~ log |X| per STFT bin from a model-space
-    log-mel frame x = scale * (log(M + eps) - offset) (``LogMel``'s, settings ``mel``).
-
-    If |X| is flat (= a) over band m, M_m = a * w_m with w_m the sum of the band's triangle weights
-    (torchaudio's HTK filterbank, unnormalised, as LogMel uses); so log a = log M_m - log w_m. Bin k takes the
-    mean of that over the bands covering it, weighted by their triangles (rows of the filterbank, normalised;
-    a bin no band covers, such as 0 Hz or Nyquist, takes the nearest covered bin's)."""
-    fb = torchaudio.functional.melscale_fbanks(mel["n_fft"] // 2 + 1, mel["f_min"], mel["f_max"], mel["n_mels"],
-                                               mel["sample_rate"], norm=None, mel_scale="htk")    # [K, n_mels]
-    covered = torch.nonzero(fb.sum(1) > 0)[:, 0]
-    nearest = covered[(torch.arange(len(fb))[:, None] - covered[None]).abs().argmin(1)]
-    A = fb[nearest] / fb[nearest].sum(1, keepdim=True)
-    # log M = x / scale + offset (eps is below any level that matters here)
-    return A / mel["scale"], A @ (mel["offset"] - fb.sum(0).log())
-
-
 def _init_weights(module: nn.Module) -> None:
     """Vocos's initialisation: truncated normal weights (std 0.02), zero biases."""
     if isinstance(module, (nn.Conv1d, nn.Linear)):
@@ -146,24 +133,35 @@ def _init_weights(module: nn.Module) -> None:
 
 # --- the file ----------------------------------------------------------------------------------------
 
+# The kinds a file may hold: the class is rebuilt from the file's mel settings, its architecture and (for a kind
+# that samples) its decoding settings, all as keyword arguments.
+KINDS: dict[str, type[nn.Module]] = {Vocoder.kind: Vocoder, DiffusionVocoder.kind: DiffusionVocoder}
+
+
 @dataclass
 class VocoderFile:
     """A vocoder as read from its file: the network (eval mode, no gradients) and what the file records."""
 
-    net: Vocoder
+    net: Vocoder | DiffusionVocoder
     mel: dict          # the mel settings it was trained for (MEL_KEYS)
     steps: int
     seconds: float
     extra: dict        # anything else training recorded (e.g. held-out scores)
 
+    @property
+    def kind(self) -> str:
+        return self.net.kind
 
-def save_vocoder(path: str | Path, net: Vocoder, mel: dict, steps: int, seconds: float,
+
+def save_vocoder(path: str | Path, net: Vocoder | DiffusionVocoder, mel: dict, steps: int, seconds: float,
                  extra: dict | None = None) -> Path:
-    """Write ``net``'s weights with its kind, ``mel`` (the settings it was trained for), architecture, steps and
-    training seconds in the metadata, atomically."""
-    metadata = {"format": FORMAT, "version": VERSION, "kind": KIND, "mel": json.dumps({k: mel[k] for k in MEL_KEYS}),
-                "architecture": json.dumps(net.architecture), "steps": str(int(steps)),
-                "seconds": str(round(float(seconds), 3)), "extra": json.dumps(extra or {})}
+    """Write ``net``'s weights with its kind, ``mel`` (the settings it was trained for), architecture, decoding
+    settings (a diffusion vocoder's), steps and training seconds in the metadata, atomically."""
+    metadata = {"format": FORMAT, "version": VERSION, "kind": net.kind,
+                "mel": json.dumps({k: mel[k] for k in MEL_KEYS}), "architecture": json.dumps(net.architecture),
+                "steps": str(int(steps)), "seconds": str(round(float(seconds), 3)), "extra": json.dumps(extra or {})}
+    if hasattr(net, "decoding"):
+        metadata["decoding"] = json.dumps(net.decoding)
     return write_tensors(path, net.state_dict(), metadata)
 
 
@@ -174,12 +172,16 @@ def load_vocoder(path: str | Path) -> VocoderFile:
     if not path.is_file():
         raise UserError(f"vocoder={path} does not exist: {fix}")
     tensors, meta = read_tensors(path, FORMAT, "an mmdiff vocoder", fix)
-    if meta.get("version") != VERSION or meta.get("kind") != KIND:
-        raise UserError(f"{path} is an mmdiff vocoder of kind {meta.get('kind')} version {meta.get('version')}; this "
-                        f"mmdiff reads kind {KIND} version {VERSION}: train it again with mode=train_vocoder")
+    kind = meta.get("kind")
+    if meta.get("version") != VERSION or kind not in KINDS:
+        raise UserError(f"{path} is an mmdiff vocoder of kind {kind} version {meta.get('version')}; this mmdiff reads "
+                        f"kinds {', '.join(KINDS)} version {VERSION}: train it again with mode=train_vocoder")
     try:
         mel = json.loads(meta["mel"])
-        net = Vocoder(mel, **json.loads(meta["architecture"]))
+        options = json.loads(meta["architecture"])
+        if "decoding" in meta:
+            options["decoding"] = json.loads(meta["decoding"])
+        net = KINDS[kind](mel, **options)
         net.load_state_dict(tensors)
         record = VocoderFile(net.eval().requires_grad_(False), mel, int(meta["steps"]), float(meta["seconds"]),
                              json.loads(meta.get("extra", "{}")))
