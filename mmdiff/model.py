@@ -97,7 +97,7 @@ class Model:
                 found = beside
         elif decoder is not None and decoder is not False:
             found = Path(decoder)
-        if found is not None:
+        if found is not None or self.decoder is not None:  # load one, or drop the one in use
             self.modality.use_decoder(found)
         self.decoder = found
         return found

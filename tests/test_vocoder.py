@@ -129,6 +129,16 @@ def test_sampling_decodes_with_the_vocoder_instead_of_griffin_lim(trained, tmp_p
         assert not (gl == voc).all()
 
 
+def test_the_api_switches_between_the_vocoder_and_griffin_lim(trained):
+    ckpt, path, _ = trained
+    model = Model.from_checkpoint(ckpt)
+    x = model.sample(n=2, steps=2, seed=0)
+    griffin_lim = model.decode(x)
+    assert model.use_decoder(path) == path and not torch.equal(model.decode(x), griffin_lim)
+    assert model.use_decoder(False) is None and model.decoder is None
+    assert torch.equal(model.decode(x), griffin_lim)  # dropped: Griffin-Lim again, not the vocoder still loaded
+
+
 def test_a_vocoder_beside_the_checkpoint_is_picked_up(trained, tmp_path, caplog):
     ckpt, path, _ = trained
     folder = tmp_path / "run"

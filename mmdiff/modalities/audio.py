@@ -120,9 +120,14 @@ class AudioModality(Modality):
                             "train on log-mels (modality.spectrogram=mel, the default)")
         return self.representation.settings
 
-    def use_decoder(self, path: str | Path) -> None:
-        """Decode log-mels with the vocoder in ``path`` (written by mode=train_vocoder) instead of Griffin-Lim;
-        one trained for other mel settings or another sample rate is a UserError naming both."""
+    def use_decoder(self, path: str | Path | None) -> None:
+        """Decode log-mels with the vocoder in ``path`` (written by mode=train_vocoder) instead of Griffin-Lim
+        (None: with Griffin-Lim again); one trained for other mel settings or another sample rate is a UserError
+        naming both."""
+        if path is None:
+            if isinstance(self.representation, LogMel):
+                self.representation.vocoder = None
+            return
         wanted = self.decoder_settings()
         found = load_vocoder(path)
         differ = [k for k in MEL_KEYS if found.mel.get(k) != wanted[k]]

@@ -124,10 +124,12 @@ class Modality(ABC):
         raise UserError(f"{self.name} data has no learned decoder: mode=train_vocoder is for audio with the mel "
                         "representation (modality=audio)")
 
-    def use_decoder(self, path: str | Path) -> None:
-        """Decode with the learned decoder in the file ``path`` from now on; a file trained for other settings
-        than :meth:`decoder_settings` is a UserError. The default: a UserError, the modality has none."""
-        raise UserError(f"{self.name} data has no learned decoder to load from {path}: drop vocoder=")
+    def use_decoder(self, path: str | Path | None) -> None:
+        """Decode with the learned decoder in the file ``path`` from now on (None: with the built-in decoder
+        again); a file trained for other settings than :meth:`decoder_settings` is a UserError. The default:
+        a UserError for a file, the modality has no learned decoder."""
+        if path is not None:
+            raise UserError(f"{self.name} data has no learned decoder to load from {path}: drop vocoder=")
 
     def decoder_hint(self) -> str | None:
         """A line for the log when a learned decoder would decode better than the one in use (audio: log-mel
