@@ -52,6 +52,39 @@ def test_post_hoc_ema_snapshots_and_reconstruction(tmp_path):
         run(compose_config(["mode=phema", f"checkpoint={ckpt_path}"]), tmp_path)
 
 
+def test_eval_sweeps_ema_length_and_guidance_and_stores_the_best_pair(tmp_path, capsys):
+    ckpt_path = train(compose_config(TINY + PHEMA + ["trainer.max_steps=5"]), tmp_path)
+    before = load_checkpoint(ckpt_path)
+    cfg = compose_config(["mode=eval", f"checkpoint={ckpt_path}", "n=24", "steps=3", "eval.sweep.sigma_rel=[0.05,0.1]",
+                          "eval.sweep.guidance=[1.0,2.0]", "eval.evaluator.epochs=2", "eval.kid_subsets=5"])
+    result = run(cfg, tmp_path / "sweep")
+    rows = result["sweep"]["rows"]
+    assert [(r["sigma_rel"], r["guidance"]) for r in rows] == [
+        (None, 1.0), (None, 2.0), (0.05, 1.0), (0.05, 2.0), (0.1, 1.0), (0.1, 2.0)]
+    fds = [r["fd"] for r in rows]
+    assert len(set(fds)) == len(fds)  # every EMA length and every scale sampled something else
+    # the checkpoint's own row is what a plain mode=eval at that guidance measures
+    plain = run(compose_config(["mode=eval", f"checkpoint={ckpt_path}", "n=24", "steps=3", "guidance=2.0",
+                                "eval.evaluator.epochs=2", "eval.kid_subsets=5"]), tmp_path / "plain")
+    assert plain["metrics"]["fd"]["samples"] == rows[1]["fd"]
+    best = min(rows, key=lambda r: r["fd"])
+    assert result["sweep"]["best"] == best and "guidance 2" in capsys.readouterr().out
+    stored = load_checkpoint(ckpt_path)
+    assert stored.extra["best_sampling"]["fd"] == best["fd"] and stored.extra["best_sampling"]["n"] == 24
+    assert all(torch.equal(stored.ema[k], before.ema[k]) for k in before.ema)  # the weights are untouched
+    if best["sigma_rel"] is not None:  # mode=phema phema.sigma_rel=best writes that EMA
+        out = run(compose_config(["mode=phema", f"checkpoint={ckpt_path}", "phema.sigma_rel=best"]), tmp_path)
+        assert load_checkpoint(out).extra["phema"]["sigma_rel"] == best["sigma_rel"]
+    with pytest.raises(UserError, match=r"eval.sweep.sigma_rel=.* is invalid"):
+        run(compose_config(["mode=eval", f"checkpoint={ckpt_path}", "eval.sweep.sigma_rel=[0]"]), tmp_path / "bad")
+
+
+def test_phema_best_needs_a_sweep_first(tmp_path):
+    ckpt_path = train(compose_config(TINY + PHEMA + ["trainer.max_steps=3"]), tmp_path)
+    with pytest.raises(UserError, match="holds no best EMA length: run mode=eval"):
+        run(compose_config(["mode=phema", f"checkpoint={ckpt_path}", "phema.sigma_rel=best"]), tmp_path)
+
+
 def test_post_hoc_ema_needs_snapshots(tmp_path):
     ckpt = train(compose_config(TINY + ["trainer.max_steps=2"]), tmp_path)
     with pytest.raises(UserError, match="no post-hoc EMA snapshots .* train with trainer.phema.sigma_rels"):

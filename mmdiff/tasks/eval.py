@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..build import (build_dataset, build_modality, build_sigmas, check_sampling_config, resolve_modality_config,
                      to_container)
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..core.editing import continuation_mask
 from ..data import splits
 from ..data.dataset import Dataset
@@ -180,6 +180,15 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         warnings.warn(f"mode=eval compares with {described}", stacklevel=2)
     evaluator = evaluator_for(train, reference, modality, run_cfg, options, bool(options["retrain"]))
     frame_evaluator = frame_evaluator_for(train, reference, modality, run_cfg, options, bool(options["retrain"]))
+    measure = lambda fake, labels: evaluate(  # noqa: E731
+        reference if reference is not None else train, fake, labels, modality, evaluator, k=options["k"],
+        kid_subsets=options["kid_subsets"], kid_subset_size=options["kid_subset_size"],
+        inception_weights=options["inception_weights"], frame_evaluator=frame_evaluator)
+    if sweep_options(options, cfg) is not None:
+        if samples_dir:
+            raise UserError("eval.sweep samples the checkpoint at each EMA length and guidance: drop samples=")
+        model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema, decoder=cfg.get("vocoder"))
+        return ema_guidance_sweep(cfg, model, measure, sweep_options(options, cfg), described, out_dir)
     if samples_dir:
         fake, labels = read_samples_folder(samples_dir, modality, train.class_names)
         source = {"samples": str(samples_dir)}
@@ -190,10 +199,7 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
                   "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "ema": cfg.ema}
         if model.decoder is not None:
             source["decoder"] = str(model.decoder)
-    result = evaluate(reference if reference is not None else train, fake, labels, modality, evaluator,
-                      k=options["k"], kid_subsets=options["kid_subsets"], kid_subset_size=options["kid_subset_size"],
-                      inception_weights=options["inception_weights"], frame_evaluator=frame_evaluator)
-    result |= {"source": source, "split": described}
+    result = measure(fake, labels) | {"source": source, "split": described}
     if not samples_dir and (predicted := prediction(cfg, model, reference if reference is not None else train,
                                                     options)) is not None:
         result["prediction"] = predicted
@@ -205,6 +211,80 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     if cfg.get("logger"):
         log_result(result, to_container(cfg), out, ckpt.step if ckpt else 0)
     return result
+
+
+def sweep_options(options: dict, cfg: DictConfig) -> dict | None:
+    """``eval.sweep`` checked, with the guidance scales filled in; None when there is nothing to sweep."""
+    s = options.get("sweep") or {}
+    lengths, scales = s.get("sigma_rel"), s.get("guidance")
+    if not lengths and not scales:
+        return None
+    for name, values, low in (("sigma_rel", lengths or [], 0.0), ("guidance", scales or [], -1e9)):
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   and v > low for v in values):
+            raise UserError(f"eval.sweep.{name}={values!r} is invalid: give a list of numbers"
+                            + (" above 0, e.g. [0.05,0.1,0.15]" if name == "sigma_rel" else ", e.g. [1.0,1.5,2.0]"))
+    return {"sigma_rel": [float(v) for v in lengths or []], "guidance": [float(v) for v in scales or [cfg.guidance]],
+            "store": bool(s.get("store", True))}
+
+
+def ema_guidance_sweep(cfg: DictConfig, model: Model, measure, sweep: dict, described: str,
+                       out_dir: str | Path) -> dict:
+    """``eval.sweep``: every pair of EMA length (the checkpoint's own EMA, then each ``sigma_rel`` reconstructed
+    by EDM2's post-hoc EMA: Model.posthoc_ema) and guidance scale, sampled as mode=eval samples and measured by
+    ``measure(fake, labels)``; prints the table of the Fréchet distance (and the class accuracy), writes it to
+    ``out_dir/eval.json`` and, with ``store``, the best pair (lowest distance) into the checkpoint
+    (``best_sampling``, atomically)."""
+    trained = {k: v.detach().clone() for k, v in model.denoiser.state_dict().items()}
+    fd_key, rows = model.modality.fd_name, []
+    for sigma_rel in [None, *sweep["sigma_rel"]]:
+        if sigma_rel is None:
+            model.denoiser.load_state_dict(trained)
+        else:
+            model.posthoc_ema(sigma_rel)
+        for guidance in sweep["guidance"]:
+            fake, labels = _generate(OmegaConf.merge(cfg, {"guidance": guidance}), model)
+            metrics = measure(fake, labels)["metrics"]
+            rows.append({"sigma_rel": sigma_rel, "guidance": guidance, fd_key: metrics[fd_key]["samples"],
+                         "floor": metrics[fd_key]["floor"], "accuracy": metrics.get("accuracy", {}).get("samples")})
+            log.info("sweep: EMA %s, guidance %s: %s %.4g", sigma_rel or "of the checkpoint", guidance, fd_key,
+                     rows[-1][fd_key])
+    model.denoiser.load_state_dict(trained)
+    best = min(rows, key=lambda r: r[fd_key])
+    result = {"sweep": {"metric": fd_key, "rows": rows, "best": best}, "split": described,
+              "source": {"checkpoint": str(cfg.checkpoint), "sampler": cfg.sampler.name, "steps": cfg.steps,
+                         "n": cfg.n, "seed": cfg.seed}}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(format_sweep(result["sweep"]))
+    if sweep["store"]:
+        ckpt = load_checkpoint(model.path)
+        ckpt.extra["best_sampling"] = best | {"n": cfg.n, "steps": cfg.steps, "sampler": cfg.sampler.name,
+                                              "split": described}
+        save_checkpoint(model.path, ckpt)
+        log.info("stored the best pair in %s%s", model.path, "" if best["sigma_rel"] is None else
+                 f": mode=phema checkpoint={model.path} phema.sigma_rel=best writes that EMA")
+    return result
+
+
+def format_sweep(sweep: dict) -> str:
+    """The sweep as a table: a row per EMA length, a column per guidance scale, each cell the Fréchet distance
+    (and the class accuracy); the best cell starred."""
+    key, rows, best = sweep["metric"], sweep["rows"], sweep["best"]
+    scales = list(dict.fromkeys(r["guidance"] for r in rows))
+    lengths = list(dict.fromkeys(r["sigma_rel"] for r in rows))
+    cell = {(r["sigma_rel"], r["guidance"]): r for r in rows}
+
+    def text(r: dict) -> str:
+        acc = "" if r["accuracy"] is None else f" ({100 * r['accuracy']:.1f} %)"
+        return f"{r[key]:.4g}{acc}{' *' if r is best else ''}"
+    lines = [f"{key.upper()} (class accuracy) by EMA length and guidance; real-vs-real floor {rows[0]['floor']:.4g}",
+             " | ".join(["EMA"] + [f"guidance {g:g}" for g in scales])]
+    for s in lengths:
+        lines.append(" | ".join([f"sigma_rel {s:g}" if s is not None else "checkpoint's"]
+                                + [text(cell[(s, g)]) for g in scales]))
+    return "\n".join(lines)
 
 
 def log_result(result: dict, config: dict, out_dir: Path, step: int) -> None:
