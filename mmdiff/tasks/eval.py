@@ -180,15 +180,16 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         warnings.warn(f"mode=eval compares with {described}", stacklevel=2)
     evaluator = evaluator_for(train, reference, modality, run_cfg, options, bool(options["retrain"]))
     frame_evaluator = frame_evaluator_for(train, reference, modality, run_cfg, options, bool(options["retrain"]))
-    measure = lambda fake, labels: evaluate(  # noqa: E731
-        reference if reference is not None else train, fake, labels, modality, evaluator, k=options["k"],
-        kid_subsets=options["kid_subsets"], kid_subset_size=options["kid_subset_size"],
-        inception_weights=options["inception_weights"], frame_evaluator=frame_evaluator)
-    if sweep_options(options, cfg) is not None:
+
+    def measure(fake: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        return evaluate(reference if reference is not None else train, fake, labels, modality, evaluator,
+                        k=options["k"], kid_subsets=options["kid_subsets"], kid_subset_size=options["kid_subset_size"],
+                        inception_weights=options["inception_weights"], frame_evaluator=frame_evaluator)
+    if (sweep := sweep_options(options, cfg)) is not None:
         if samples_dir:
             raise UserError("eval.sweep samples the checkpoint at each EMA length and guidance: drop samples=")
         model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema, decoder=cfg.get("vocoder"))
-        return ema_guidance_sweep(cfg, model, measure, sweep_options(options, cfg), described, out_dir)
+        return ema_guidance_sweep(cfg, model, measure, sweep, described, out_dir)
     if samples_dir:
         fake, labels = read_samples_folder(samples_dir, modality, train.class_names)
         source = {"samples": str(samples_dir)}
@@ -237,10 +238,8 @@ def ema_guidance_sweep(cfg: DictConfig, model: Model, measure, sweep: dict, desc
     (``best_sampling``, atomically)."""
     trained = {k: v.detach().clone() for k, v in model.denoiser.state_dict().items()}
     fd_key, rows = model.modality.fd_name, []
-    for sigma_rel in [None, *sweep["sigma_rel"]]:
-        if sigma_rel is None:
-            model.denoiser.load_state_dict(trained)
-        else:
+    for sigma_rel in [None, *sweep["sigma_rel"]]:  # the checkpoint's own EMA first, then each reconstruction
+        if sigma_rel is not None:
             model.posthoc_ema(sigma_rel)
         for guidance in sweep["guidance"]:
             fake, labels = _generate(OmegaConf.merge(cfg, {"guidance": guidance}), model)
