@@ -7,6 +7,7 @@ a no-op. The backend is NCCL on GPUs and gloo on CPUs (which is how the tests ru
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -49,9 +50,18 @@ def init_world(device: torch.device) -> World:
     return World(rank=rank, local_rank=local_rank, size=size, device=device)
 
 
-def close_world(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def close_world(world: World, finished: bool = True) -> None:
+    """Leave the process group. After a finished run every process first waits for the others, so that none
+    tears its connections down while another still works (a rank that exits while gloo's threads are still
+    live aborts with "terminate called without an active exception"); objects that still hold the group
+    (the DistributedDataParallel wrapper and its reducer) are collected before it is destroyed. After an
+    error there is no barrier: the other processes may never reach it."""
+    if not (world.distributed and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def any_true(flag: bool, world: World) -> bool:

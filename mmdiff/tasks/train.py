@@ -454,16 +454,20 @@ def train(cfg: DictConfig, run_dir: str | Path, prepare: Callable[[Run], None] |
     changes the built run before the loop starts (mode=distill: the student's first weights, its objective)."""
     check_run_config(cfg)
     world = init_world(pick_device(cfg.device))
+    finished = False
     try:
         run = build_run(cfg, Path(run_dir), world)
         if prepare is not None:
             prepare(run)
         try:
-            return _loop(run)
+            last = _loop(run)
+            finished = True
+            return last
         finally:
             run.loggers.close()
+            del run     # the DistributedDataParallel wrapper holds the process group: let it go first
     finally:
-        close_world(world)
+        close_world(world, finished)
 
 
 def _loop(run: Run) -> Path:
