@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from typing import Any
 
 import torch
@@ -216,6 +217,23 @@ def conditioning_kind(cfg: DictConfig | dict) -> str:
     return kind
 
 
+def text_encoder_config(conditioning: DictConfig | dict) -> dict:
+    """``model.text`` of conditioning=text: the trained encoder's {width, layers, heads, max_length}, or with
+    ``conditioning.encoder.path`` the pretrained one's (:func:`pretrained_text_config`). Without a path the config
+    is what it was before paths existed, so older checkpoints resume."""
+    encoder = to_container(conditioning["encoder"])
+    path = encoder.pop("path", None)
+    if path:
+        return pretrained_text_config(path, conditioning["max_length"])
+    return encoder | {"max_length": int(conditioning["max_length"])}
+
+
+def pretrained_text_config(path, max_length: int) -> dict:
+    """``model.text`` of a pretrained text encoder in the folder ``path``: {path, max_length}, the path made absolute
+    (a checkpoint is sampled from anywhere), the trained encoder's sizes left out (they would not describe it)."""
+    return {"path": os.path.abspath(os.path.expanduser(str(path))), "max_length": int(max_length)}
+
+
 def resolve_model_config(model_cfg: DictConfig | dict, info: dict, context: DictConfig | dict | None = None,
                          conditioning: DictConfig | dict | None = None) -> dict:
     """Fill the model's ``auto`` options from the data (the ``time_context`` node: the extra input channels
@@ -235,7 +253,7 @@ def resolve_model_config(model_cfg: DictConfig | dict, info: dict, context: Dict
             raise UserError("conditioning=text feeds the caption to the U-Net's attention layers, and this model has "
                             "none: set model.attn_levels, e.g. model.attn_levels=[1]")
         m["num_classes"] = 0
-        m["text"] = to_container(conditioning["encoder"]) | {"max_length": int(conditioning["max_length"])}
+        m["text"] = text_encoder_config(conditioning)
     if m.get("num_classes") == "auto":
         m["num_classes"] = len(info["class_names"])
     wants_context = bool(context and context.get("enabled"))

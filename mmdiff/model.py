@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from .build import build_denoiser, build_modality, build_sigmas, pick_device, resolve_labels, schedule_key
+from .build import (build_denoiser, build_modality, build_sigmas, pick_device, pretrained_text_config, resolve_labels,
+                    schedule_key)
 from .checkpoint import SNAPSHOTS, load_checkpoint, load_snapshots, resolve_checkpoint_path, save_checkpoint
 from .config import defaults
 from .core.context import context_input
@@ -26,7 +27,7 @@ from .core.editing import continuation_input, inpaint
 from .core.samplers import SAMPLERS
 from .errors import UserError
 from .generate import Guidance, from_noise, generate, prompt_conditions
-from .models.text import ByteTokenizer
+from .models.text import text_tokenizer
 
 
 EDIT_METHODS = ("auto", "condition", "repaint")
@@ -50,6 +51,23 @@ def sampler_defaults(sampler: str) -> dict:
     return defaults(f"sampler={sampler}")["sampler"]
 
 
+def _with_text_encoder(config: dict, path, text_encoder: str | Path | None) -> dict:
+    """A checkpoint's config with its pretrained text encoder's folder (``model.text.path``) moved to
+    ``text_encoder``; a UserError naming the folder and both fixes when the recorded one is gone."""
+    text = config["model"].get("text") or {}
+    if text_encoder is not None:
+        if not text.get("path"):
+            raise UserError(f"checkpoint {path} has no pretrained text encoder (it was trained without "
+                            "conditioning.encoder.path): drop text_encoder=")
+        return config | {"model": config["model"] | {"text": pretrained_text_config(text_encoder, text["max_length"])}}
+    if text.get("path") and not Path(text["path"]).is_dir():
+        raise UserError(f"checkpoint {path} conditions on captions through the pretrained text encoder in "
+                        f"{text['path']} (model.text.path in its config; the encoder's weights are not in the "
+                        "checkpoint), and that folder is gone: put the model and its tokenizer back there (a copy or a "
+                        "symlink), or give their new place with Model.from_checkpoint(..., text_encoder=FOLDER)")
+    return config
+
+
 class Model:
     """A trained denoiser with what it needs to sample: its modality, data shape, classes and the step
     schedules fitted to it."""
@@ -63,24 +81,26 @@ class Model:
         self.decoder: Path | None = None    # the learned decoder's file the modality decodes with (use_decoder)
         self.shape: list[int] = info["shape"]
         self.class_names: list[str] = info["class_names"] if run_cfg["model"].get("num_classes") else []
-        text = run_cfg["model"].get("text")
-        # conditioning=text: the tokenizer needs only the caption length the checkpoint's config records
-        self.tokenizer: ByteTokenizer | None = ByteTokenizer(text["max_length"]) if text else None
+        # conditioning=text: captions are tokenized by the network's own encoder (bytes, or a pretrained model's)
+        self.tokenizer = text_tokenizer(denoiser.net)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True,
-                        decoder: str | Path | bool | None = None) -> Model:
+                        decoder: str | Path | bool | None = None, text_encoder: str | Path | None = None) -> Model:
         """Rebuild the model from a checkpoint's own config (EMA weights unless ema=False). ``decoder``: a learned
         decoder's file for the modality to decode with (audio: a vocoder, ``vocoder=PATH``); None: the modality's
-        ``decoder_file`` if it lies beside the checkpoint; False: none (audio: Griffin-Lim)."""
+        ``decoder_file`` if it lies beside the checkpoint; False: none (audio: Griffin-Lim). ``text_encoder``: where
+        the pretrained text encoder of a model trained with ``conditioning.encoder.path`` is now, if it moved (its
+        weights are not in the checkpoint; None: the folder the config records)."""
         ckpt = load_checkpoint(path)
-        denoiser = build_denoiser(ckpt.config, ckpt.config["model"], ckpt.data)
+        config = _with_text_encoder(ckpt.config, path, text_encoder)
+        denoiser = build_denoiser(config, config["model"], ckpt.data)
         try:
             denoiser.load_state_dict(ckpt.ema if ema and ckpt.ema else ckpt.model)
         except RuntimeError as e:
             raise UserError(f"checkpoint {path} does not match the model its config describes ({e}): the file is "
                             "damaged or was edited; use an intact checkpoint") from None
-        model = cls(denoiser.to(pick_device(device)).eval(), ckpt.config, ckpt.data, ckpt.step,
+        model = cls(denoiser.to(pick_device(device)).eval(), config, ckpt.data, ckpt.step,
                     ckpt.extra.get("schedules"), resolve_checkpoint_path(path))
         model.use_decoder(decoder)
         return model

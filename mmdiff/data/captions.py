@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -88,22 +88,48 @@ def box_area(x: torch.Tensor, threshold: float = INK_THRESHOLD) -> torch.Tensor:
     return (extent(rows) * extent(cols)).float()
 
 
-def tercile_levels(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """values [N], groups [N] int -> [N] in {0, 1, 2}: below the group's first tercile, between, above its second.
+def tercile_cuts(values: torch.Tensor, groups: torch.Tensor) -> dict[int, tuple[float, float]]:
+    """values [N], groups [N] int -> {group: (its first tercile, its second tercile)}."""
+    thirds = torch.tensor([1 / 3, 2 / 3], dtype=torch.float64)
+    return {int(g): tuple(torch.quantile(values[groups == g].double(), thirds).tolist()) for g in groups.unique()}
+
+
+def levels_at(values: torch.Tensor, groups: torch.Tensor, cuts: dict[int, tuple[float, float]]) -> torch.Tensor:
+    """values [N], groups [N] -> [N] in {0, 1, 2}: below the group's first cut, between, above its second.
     Ties go to the middle level (a measure that takes few values stays honest rather than evenly split)."""
     out = torch.ones(len(values), dtype=torch.long)
-    for g in groups.unique():
+    for g in groups.unique().tolist():
         m = groups == g
-        lo, hi = torch.quantile(values[m].double(), torch.tensor([1 / 3, 2 / 3], dtype=torch.float64))
-        out[m] = torch.where(values[m] < lo, 0, torch.where(values[m] > hi, 2, 1))
+        lo, hi = cuts[g]
+        out[m] = torch.where(values[m].double() < lo, 0, torch.where(values[m].double() > hi, 2, 1))
+    return out
+
+
+def tercile_levels(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """values [N], groups [N] int -> [N] in {0, 1, 2}: each value's tercile within its group."""
+    return levels_at(values, groups, tercile_cuts(values, groups))
+
+
+DIGIT_MEASURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "thickness": ink_mass, "slant": slant, "size": box_area}
+
+
+def measure_digits(x: torch.Tensor, digits: torch.Tensor, reference: Dataset, sample_rate: int | None = None
+                   ) -> dict[str, list[str]]:
+    """Thickness, slant and size of the digit images ``x`` [N, C, H, W] in [0, 1], each the level its measure
+    takes among the ``reference`` split's images of the digit in ``digits`` [N] (the one asked for, when ``x``
+    was generated): the measurement that made the captions, applied to new images."""
+    out = {}
+    for name, measure in DIGIT_MEASURES.items():
+        cuts = tercile_cuts(measure(reference.data), reference.labels)
+        out[name] = [LEVELS[name][int(v)] for v in levels_at(measure(x), digits, cuts)]
     return out
 
 
 def digit_attributes(dataset: Dataset) -> list[dict[str, str]]:
     """The measured attributes of every digit image as words: {digit, thickness, slant, size}."""
     x, labels = dataset.data, dataset.labels
-    measures = {"thickness": ink_mass(x), "slant": slant(x), "size": box_area(x)}
-    levels = {k: tercile_levels(v, labels) for k, v in measures.items()}
+    levels = {k: tercile_levels(measure(x), labels) for k, measure in DIGIT_MEASURES.items()}
     return [{"digit": dataset.class_names[int(labels[i])]} |
             {k: LEVELS[k][int(levels[k][i])] for k in LEVELS} for i in range(len(labels))]
 
@@ -126,8 +152,8 @@ def digit_caption(attrs: dict[str, str], rng: random.Random, omit: float = 0.3) 
     """One caption of a digit's attributes: a template, synonyms, an order, and each non-digit attribute left out
     with probability ``omit``."""
     words = {k: rng.choice(WORDS[k][v]) for k, v in attrs.items() if k in WORDS and rng.random() >= omit}
-    if words.get("size", "").startswith(("medium", "mid")) and rng.random() < 0.5:
-        words.pop("size")  # "medium-sized" is rarely said
+    if omit and words.get("size", "").startswith(("medium", "mid")) and rng.random() < 0.5:
+        words.pop("size")  # "medium-sized" is rarely said (omit=0: every attribute named, as mode=eval asks)
     name = _digit_name(attrs["digit"], rng)
     adjectives = [words[k] for k in ("size", "thickness") if k in words]
     template = rng.randrange(4)
@@ -195,6 +221,38 @@ def note_attributes(dataset: Dataset) -> list[dict[str, str]]:
     midi = dataset.extras["midi"].tolist()
     return [{"timbre": dataset.class_names[int(labels[i])], "pitch": pitch_name(int(midi[i]))} |
             {k: NOTE_LEVELS[k][int(levels[k][i])] for k in NOTE_LEVELS} for i in range(len(labels))]
+
+
+def estimate_pitch(x: torch.Tensor, sample_rate: int) -> list[str]:
+    """[N, C, T] -> the name of each clip's pitch: the median of librosa's pYIN fundamental over its voiced
+    frames (Mauch & Dixon 2014), rounded to the nearest MIDI note; "none" where no frame is voiced."""
+    import librosa   # a dependency, imported here only because it is slow to import
+    names = []
+    for clip in x.float().mean(1).numpy():
+        f0, voiced, _ = librosa.pyin(clip, fmin=50.0, fmax=min(2000.0, sample_rate / 4), sr=sample_rate,
+                                     frame_length=1024)
+        f0 = f0[voiced] if voiced.any() else f0[:0]
+        names.append(pitch_name(int(round(float(librosa.hz_to_midi(float(torch.tensor(f0).median())))))) if len(f0)
+                     else "none")
+    return names
+
+
+def note_levels(x: torch.Tensor, timbres: torch.Tensor, reference: Dataset) -> dict[str, list[str]]:
+    """Loudness and decay of the notes ``x`` [N, C, T], each the level its measure takes among the ``reference``
+    split's notes of the timbre in ``timbres`` [N]."""
+    out = {}
+    for name, measure in (("loudness", rms_db), ("decay", decay_db)):
+        cuts = tercile_cuts(measure(reference.data), reference.labels)
+        out[name] = [NOTE_LEVELS[name][int(v)] for v in levels_at(measure(x), timbres, cuts)]
+    return out
+
+
+def measure_notes(x: torch.Tensor, timbres: torch.Tensor, reference: Dataset, sample_rate: int | None = None
+                  ) -> dict[str, list[str]]:
+    """:func:`note_levels` and the pitch heard (:func:`estimate_pitch`) of new notes."""
+    if not sample_rate:
+        raise ValueError("measuring a note's pitch needs its sample rate")
+    return note_levels(x, timbres, reference) | {"pitch": estimate_pitch(x, sample_rate)}
 
 
 def note_caption(attrs: dict[str, str], rng: random.Random, omit: float = 0.3) -> str:
@@ -274,6 +332,15 @@ CAPTIONERS: dict[str, tuple[Callable[[Dataset], list[dict]], Callable[[dict, ran
 }
 
 
+def dataset_attributes(dataset: Dataset) -> list[dict[str, str]]:
+    """The measured attributes of every item of a dataset with built-in captions (``CAPTIONERS``)."""
+    if dataset.name not in CAPTIONERS:
+        raise UserError(f"dataset {dataset.name} has no captions: conditioning=text works with "
+                        f"{', '.join(sorted(CAPTIONERS))} and with folders whose files have a NAME.txt beside them or "
+                        f"a {METADATA}; use conditioning=label for this dataset")
+    return CAPTIONERS[dataset.name][0](dataset)
+
+
 def caption_dataset(dataset: Dataset, k: int, seed: int) -> list[list[str]]:
     """``k`` captions of every item of ``dataset`` (measured on this dataset, normally the training split; or
     the files' own captions, repeated): [N][k] strings, the same for the same data, k and seed."""
@@ -281,10 +348,66 @@ def caption_dataset(dataset: Dataset, k: int, seed: int) -> list[list[str]]:
         raise UserError(f"conditioning.phrasings={k}: need at least 1 caption per item")
     if dataset.texts is not None:
         return given_captions(dataset, k)
-    if dataset.name not in CAPTIONERS:
-        raise UserError(f"dataset {dataset.name} has no captions: conditioning=text works with "
-                        f"{', '.join(sorted(CAPTIONERS))} and with folders whose files have a NAME.txt beside them or "
-                        f"a {METADATA}; use conditioning=label for this dataset")
-    measure, phrase = CAPTIONERS[dataset.name]
-    attributes = measure(dataset)
-    return [[phrase(a, random.Random(f"{seed}/{i}/{j}")) for j in range(k)] for i, a in enumerate(attributes)]
+    return _phrase_all(dataset, dataset_attributes(dataset), range(len(dataset)), k, seed)
+
+
+def _phrase_all(dataset: Dataset, attributes: list[dict], items: Sequence[int], k: int, seed: int) -> list[list[str]]:
+    """k captions of each item in ``items``, each drawn from a generator seeded by (seed, item, j), so that an
+    item's captions do not depend on which other items are kept."""
+    phrase = CAPTIONERS[dataset.name][1]
+    return [[phrase(attributes[i], random.Random(f"{seed}/{i}/{j}")) for j in range(k)] for i in items]
+
+
+def matches(attributes: dict[str, str], combination: dict) -> bool:
+    """Whether an item's attributes include every attribute of ``combination`` ({"digit": "4", "thickness": "thin"})."""
+    return all(attributes.get(key) == str(value) for key, value in combination.items())
+
+
+def check_combinations(combinations: Sequence, attributes: list[dict[str, str]], option: str) -> list[dict[str, str]]:
+    """``combinations`` as a list of {attribute: level} dicts, each naming only attributes the items have, with
+    levels they take; anything else is a UserError naming ``option`` and the valid choices."""
+    known: dict[str, set[str]] = {}
+    for a in attributes:
+        for key, value in a.items():
+            known.setdefault(key, set()).add(value)
+    out = []
+    for c in combinations:
+        if not isinstance(c, Mapping) or not c:
+            raise UserError(f"{option}: {c!r} is not an attribute combination; write e.g. "
+                            f"'{option}=[{{{next(iter(known))}: ...}}]' with attributes among {sorted(known)}")
+        c = {str(k): str(v) for k, v in c.items()}
+        for key, value in c.items():
+            if key not in known:
+                raise UserError(f"{option}: {key!r} is not an attribute of these captions: use one of {sorted(known)}")
+            if value not in known[key]:
+                raise UserError(f"{option}: {key}={value!r} never occurs: {key} takes {sorted(known[key])}")
+        out.append(c)
+    return out
+
+
+def caption_training_set(dataset: Dataset, conditioning, seed: int) -> tuple[list[list[str]], Dataset]:
+    """The training items' captions (``conditioning.phrasings`` per item) and the items to train on: all of them,
+    less those whose measured attributes match a combination of ``conditioning.hold_out`` (compositional
+    generalisation is measured on prompts asking for combinations the model never saw). Attributes are measured
+    on the whole split first, so a held-out item does not move the others' tercile cuts."""
+    k, hold_out = int(conditioning.phrasings), list(conditioning.get("hold_out") or [])
+    if k < 1:
+        raise UserError(f"conditioning.phrasings={k}: need at least 1 caption per item")
+    if dataset.texts is not None:
+        if hold_out:
+            raise UserError("conditioning.hold_out leaves out combinations of measured attributes, and this dataset's "
+                            "captions are its files' own: drop conditioning.hold_out (or leave the files out)")
+        return given_captions(dataset, k), dataset
+    attributes = dataset_attributes(dataset)
+    hold_out = check_combinations(hold_out, attributes, "conditioning.hold_out")
+    keep = [i for i, a in enumerate(attributes) if not any(matches(a, c) for c in hold_out)]
+    for c in hold_out:
+        if not any(matches(a, c) for a in attributes):
+            log.warning("conditioning.hold_out: no training item is %s; nothing is left out for it", c)
+    if hold_out:
+        if not keep:
+            raise UserError("conditioning.hold_out leaves no training item: hold out fewer combinations")
+        log.info("conditioning.hold_out: %d combination(s) never seen in training, %d of %d items left out",
+                 len(hold_out), len(attributes) - len(keep), len(attributes))
+    captions = _phrase_all(dataset, attributes, keep, k, seed)
+    return captions, dataset if len(keep) == len(attributes) else dataset.subset(keep)

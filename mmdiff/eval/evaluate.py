@@ -211,6 +211,8 @@ def format_table(result: dict) -> str:
                      f"samples each, {p['how']}): PSNR best {p['psnr_best']:.2f} dB / mean {p['psnr_mean']:.2f} dB "
                      f"vs copying the last frame {p['psnr_copy_last']:.2f} dB; SSIM best {p['ssim_best']:.3f} / "
                      f"mean {p['ssim_mean']:.3f} vs {p['ssim_copy_last']:.3f}")
+    if "prompts" in result:
+        lines += prompt_table(result["prompts"])
     head = f"{result.get('n_samples')} samples"
     if "n_reference" in result:
         head += (f" of {result['modality']} vs {result['n_reference']} real ({result['dataset']}"
@@ -218,6 +220,19 @@ def format_table(result: dict) -> str:
                  f"{result['n_floor']} other real; evaluator held-out accuracy "
                  f"{result['evaluator']['held_out_accuracy']:.4f}")
     return head + "\n" + "\n".join(lines)
+
+
+def prompt_table(prompts: dict) -> list[str]:
+    """Attribute accuracy (mmdiff.eval.prompts.attribute_accuracy) as lines: one per part (seen, held-out)."""
+    lines = []
+    for part, label in (("seen", "seen combinations"), ("held_out", "held-out combinations")):
+        if part in prompts:
+            r, real = prompts[part], prompts.get("ceiling", {}).get(part, {})
+            cells = ", ".join(f"{k} {v:.1%} (chance {r['chance'][k]:.1%}"
+                              + (f", real {real[k]:.1%})" if k in real else ")")
+                              for k, v in r.items() if k not in ("n", "chance"))
+            lines.append(f"prompt following, {label} ({r['n']} samples): {cells}")
+    return lines
 
 
 # --- a folder of samples -------------------------------------------------------------------------

@@ -7,7 +7,9 @@ trained jointly from scratch, so nothing is downloaded. Classifier-free guidance
 unconditional input (captions are dropped to "" in training); a negative prompt replaces it at sampling.
 
 Tokens are UTF-8 bytes (0..255) plus three specials: no vocabulary to learn or to store, any text encodes, and a
-checkpoint needs only ``max_length`` to tokenize at sample time.
+checkpoint needs only ``max_length`` to tokenize at sample time. A pretrained, frozen encoder loaded from a local
+folder takes this one's place with ``conditioning.encoder.path`` (mmdiff/models/pretrained_text.py); both follow
+:class:`CaptionEncoder`.
 """
 
 from __future__ import annotations
@@ -89,7 +91,36 @@ class TextLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class TextEncoder(nn.Module):
+def masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The mean of the kept tokens' features: x [B, L, W], keep [B, L] bool -> [B, W] (zeros for a row keeping
+    none)."""
+    w = keep.to(x.dtype)[..., None]
+    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def text_tokenizer(net: nn.Module):
+    """The tokenizer of a network's text encoder, or None for a network without one: captions are tokenized by the
+    encoder that reads them (the byte tokenizer, or a pretrained model's own)."""
+    encoder = getattr(net, "text_encoder", None)
+    return None if encoder is None else encoder.tokenizer
+
+
+class CaptionEncoder(nn.Module):
+    """What the U-Net conditions on: ``width`` (features per token), ``max_length`` (tokens per caption),
+    ``tokenizer`` (``encode(texts) -> [N, max_length]`` int64) and ``forward(tokens [B, max_length]) -> (features
+    [B, L, width], keep [B, L] bool, pooled [B, width])``, where ``keep`` is False at padded tokens (never attended
+    to) and ``pooled`` is the mean of the kept tokens' features. Implemented by :class:`TextEncoder` (trained with
+    the denoiser) and ``mmdiff.models.pretrained_text.PretrainedTextEncoder`` (loaded, frozen)."""
+
+    width: int
+    max_length: int
+
+    def empty(self, batch: int, device) -> torch.Tensor:
+        """The tokens of the empty caption (the unconditional input), [batch, max_length]."""
+        return self.tokenizer.encode([""]).to(device).expand(batch, -1)
+
+
+class TextEncoder(CaptionEncoder):
     """Tokens [B, L] -> (token features [B, L, width] after a final LayerNorm, keep mask [B, L], pooled [B, width]).
 
     Token and learned position embeddings, ``layers`` pre-norm transformer layers (bidirectional: the whole caption
@@ -108,10 +139,6 @@ class TextEncoder(nn.Module):
         self.layers = nn.ModuleList(TextLayer(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
-    def empty(self, batch: int, device) -> torch.Tensor:
-        """The tokens of the empty caption (the unconditional input), [batch, max_length]."""
-        return self.tokenizer.encode([""]).to(device).expand(batch, -1)
-
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if tokens.shape[1] != self.max_length:
             raise ValueError(f"tokens have length {tokens.shape[1]}, this encoder takes {self.max_length}")
@@ -120,6 +147,4 @@ class TextEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, keep)
         x = self.norm(x)
-        w = keep.to(x.dtype)[..., None]
-        pooled = (x * w).sum(1) / w.sum(1).clamp(min=1)
-        return x, keep, pooled
+        return x, keep, masked_mean(x, keep)

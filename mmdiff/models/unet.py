@@ -44,11 +44,22 @@ from torch import nn
 
 from .layers import (EMBEDDINGS, Block, Downsample, Frames, ResBlock, Upsample, conv_nd, group_norm, patchify,
                      unpatchify, zero_init)
-from .text import TextEncoder
+from .pretrained_text import PretrainedTextEncoder
+from .text import CaptionEncoder, TextEncoder
 
 TEMPORAL = ("full", "factorized")
 # What check_input_shape calls the axes of a video (dims=3: time is the first spatial axis).
 AXIS_NAMES = {3: ("time", "height", "width")}
+
+
+def text_encoder(text: dict) -> CaptionEncoder:
+    """The caption encoder ``text`` describes: {path, max_length} a pretrained one loaded from ``path``, frozen;
+    {width, layers, heads, max_length} one trained with the network."""
+    text = dict(text)
+    if text.get("path"):
+        return PretrainedTextEncoder(text["path"], text["max_length"])
+    text.pop("path", None)
+    return TextEncoder(**text)
 
 
 class UNet(nn.Module):
@@ -72,6 +83,8 @@ class UNet(nn.Module):
     ``text`` ({width, layers, heads, max_length}: mmdiff.models.text.TextEncoder) conditions on captions, GLIDE's
     way: the encoder is part of this network and trains with it; its token features are extra keys and values
     of every attention layer (``attn_levels`` and the middle block), its pooled output joins the embedding.
+    ``text`` = {path, max_length} takes a pretrained encoder from that folder instead, frozen
+    (mmdiff.models.pretrained_text: Imagen's choice).
     """
 
     def __init__(self, dims: int = 2, in_channels: int = 1, out_channels: int | None = None,
@@ -116,9 +129,9 @@ class UNet(nn.Module):
         self.noise_embed = EMBEDDINGS[embedding](channels)
         self.noise_mlp = nn.Sequential(nn.Linear(channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.label_embed = nn.Embedding(num_classes + 1, emb_ch) if num_classes > 0 else None
-        # Text (GLIDE): an encoder trained with the network; its pooled output joins the embedding, its tokens
-        # are extra keys and values of every attention layer.
-        self.text_encoder = TextEncoder(**dict(text)) if text else None
+        # Text (GLIDE): an encoder trained with the network (or a frozen pretrained one); its pooled output joins
+        # the embedding, its tokens are extra keys and values of every attention layer.
+        self.text_encoder = text_encoder(text) if text else None
         self.text_pool = nn.Linear(self.text_encoder.width, emb_ch) if text else None
         context_ch = self.text_encoder.width if text else 0
 
@@ -224,7 +237,7 @@ class UNet(nn.Module):
                 tokens: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, in_channels, *spatial]; c_noise: [B]; labels: [B] int64 or None; cond: [B, cond_channels,
         *spatial] or None (zeros); independent: [B] bool or None (all False); tokens: [B, L] int64 caption tokens
-        (mmdiff.models.text.ByteTokenizer) or None (the empty caption), for a network built with ``text``
+        (``text_encoder.tokenizer``'s) or None (the empty caption), for a network built with ``text``
         -> [B, out_channels, *spatial].
 
         ``independent[b]`` True: the temporal layers skip clip b, so its frames are independent images

@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..eval.evaluate import check_inception, evaluate, format_table, read_samples_folder
 from ..eval.evaluator import Evaluator, load_or_train_evaluator
 from ..eval.metrics import psnr, ssim
+from ..eval.prompts import MEASURERS, PromptSet, attribute_accuracy, measurable, prompt_set
 from ..generate import from_noise, generate
 from ..loggers import build_loggers
 from ..model import Model
@@ -95,17 +96,41 @@ def frame_evaluator_for(train: Dataset, reference: Dataset | None, modality, run
                          options | {"evaluator": train_options}, retrain)
 
 
-def _generate(cfg: DictConfig, model: Model):
-    """n samples from the checkpoint, decoded, with the labels they were generated for (as mode=sample)."""
+def _generate(cfg: DictConfig, model: Model, asked: PromptSet | None = None):
+    """Samples from the checkpoint, decoded, with the labels they were generated for (as mode=sample): n of
+    them, or (a model trained with captions) one per prompt of ``asked``, labelled with the class it asks for."""
     check_sampling_config(cfg)
     model.check_sampler(cfg.sampler.name)
-    model.refuse_text("eval")
-    labels = model.labels(cfg["class"], cfg.n)
+    if asked is None:
+        model.refuse_text("eval")
+    n = cfg.n if asked is None else len(asked.prompts)
+    labels, conditions, null = model.labels(cfg["class"], n), None, None
+    if asked is not None:
+        _, conditions, null = model.prompt_inputs(asked.prompts, n, cfg.get("negative_prompt"))
     sigmas = build_sigmas(cfg.sampler, cfg.steps, model.config["diffusion"], model.schedules)
     solve = from_noise(model.shape, cfg.sampler.name, sigmas, dict(cfg.sampler.options), device=model.device)
-    x = generate(model.denoiser, solve, n=cfg.n, labels=labels, null_label=model.null_label,
-                 guidance=model.guidance_from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device)
-    return model.decode(x), labels
+    x = generate(model.denoiser, solve, n=n, labels=labels, null_label=model.null_label,
+                 guidance=model.guidance_from_config(cfg), seed=cfg.seed, batch_size=cfg.batch_size, device=model.device,
+                 conditions=conditions, null_conditions=null)
+    return model.decode(x), (labels if asked is None else asked.labels)
+
+
+def prompts_for(cfg: DictConfig, model: Model, train: Dataset, reference: Dataset | None, options: dict
+                ) -> PromptSet | None:
+    """A model trained with captions: the prompts mode=eval samples it with (mmdiff/eval/prompts.py); None for
+    one trained with labels."""
+    if not model.config["model"].get("text"):
+        return None
+    if cfg["class"] is not None:
+        raise UserError("this checkpoint was trained with captions (conditioning=text): mode=eval asks for the "
+                        "held-out items' own attributes; drop class=")
+    if not measurable(train):
+        raise UserError(f"mode=eval measures prompt following on datasets with measured captions "
+                        f"({', '.join(sorted(MEASURERS))}), and {train.name} has none yet: sample it with mode=sample "
+                        "prompts=FILE and measure the folder with mode=eval samples=FOLDER")
+    hold_out = list((model.config.get("conditioning") or {}).get("hold_out") or [])
+    return prompt_set(train, reference if reference is not None else train, hold_out, cfg.n,
+                      int(options["held_out_per_combination"]), cfg.seed)
 
 
 def prediction(cfg: DictConfig, model: Model, reference: Dataset, options: dict) -> dict | None:
@@ -160,6 +185,16 @@ def prediction(cfg: DictConfig, model: Model, reference: Dataset, options: dict)
             "ssim_mean": float(ssim_k.mean()), "ssim_copy_last": float(ssim_copy.mean())}
 
 
+def prompt_following(fake: torch.Tensor, asked: PromptSet, train: Dataset, real: Dataset, evaluator: Evaluator,
+                     sample_rate: int | None) -> dict:
+    """Attribute accuracy of the samples, beside the same figures for the real items their prompts were made of
+    (the ceiling), and a few of the prompts."""
+    items = real.data[asked.items]
+    return attribute_accuracy(fake, asked, train, evaluator.predict(fake), sample_rate) | {
+        "ceiling": attribute_accuracy(items, asked, train, evaluator.predict(items), sample_rate),
+        "examples": asked.prompts[:3]}
+
+
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     """``mode=eval``: evaluate ``checkpoint`` (n samples drawn with ``sampler``, ``steps``, ``guidance``,
     ``class``, ``seed``, as mode=sample does) or the folder ``samples`` (then ``checkpoint``, if given, names
@@ -192,15 +227,23 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         return ema_guidance_sweep(cfg, model, measure, sweep, described, out_dir)
     if samples_dir:
         fake, labels = read_samples_folder(samples_dir, modality, train.class_names)
+        asked = None
         source = {"samples": str(samples_dir)}
     else:
         model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema, decoder=cfg.get("vocoder"))
-        fake, labels = _generate(cfg, model)
+        asked = prompts_for(cfg, model, train, reference, options)
+        fake, labels = _generate(cfg, model, asked)
         source = {"checkpoint": str(cfg.checkpoint), "step": ckpt.step, "sampler": cfg.sampler.name,
                   "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "ema": cfg.ema}
         if model.decoder is not None:
             source["decoder"] = str(model.decoder)
-    result = measure(fake, labels) | {"source": source, "split": described}
+    if asked is not None:   # the first n samples follow the reference's distribution; the held-out extras do not
+        result = measure(fake[:cfg.n], labels[:cfg.n]) | {"source": source, "split": described}
+    else:
+        result = measure(fake, labels) | {"source": source, "split": described}
+    if asked is not None:
+        result["prompts"] = prompt_following(fake, asked, train, reference if reference is not None else train,
+                                             evaluator, run_cfg["dataset"].get("sample_rate"))
     if not samples_dir and (predicted := prediction(cfg, model, reference if reference is not None else train,
                                                     options)) is not None:
         result["prediction"] = predicted

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..build import (CHANNELS_LAST, PRECISIONS, _instantiate, check_run_config, sampler_settings, build_dataset, build_denoiser, build_modality,
+from ..build import (CHANNELS_LAST, PRECISIONS, _instantiate, check_run_config, conditioning_kind, sampler_settings, build_dataset, build_denoiser, build_modality,
                      build_sigmas, data_info, pick_device, resolve_labels, resolve_modality_config,
                      resolve_model_config, to_container)
 from ..checkpoint import SNAPSHOTS, Checkpoint, load_checkpoint, save_checkpoint, save_snapshot
@@ -43,7 +43,7 @@ from ..core.phema import PowerEMA
 from ..core.guidance import drop_captions, drop_labels
 from ..core.losses import denoising_loss
 from ..core.schedules import append_dims
-from ..data.captions import caption_dataset
+from ..data.captions import caption_training_set
 from ..data.order import Batches, Windows
 from ..data.stream import batch_loader
 from ..distributed import World, any_true, close_world, init_world, mean_over_world
@@ -51,7 +51,7 @@ from ..errors import UserError
 from ..generate import Guidance, from_noise, generate, prompt_conditions
 from ..loggers import Loggers, build_loggers, check_loggers
 from ..modalities.gallery import Page
-from ..models.text import ByteTokenizer
+from ..models.text import text_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,9 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
     modality_cfg = resolve_modality_config(cfg)
     modality = build_modality(modality_cfg)
     dataset = build_dataset(cfg)
+    captions = None
+    if conditioning_kind(cfg) == "text":   # measured on the whole split, then held-out combinations dropped
+        captions, dataset = caption_training_set(dataset, cfg.conditioning, cfg.seed)
     streamed = dataset.cache is not None
     windows = (Windows(len(dataset), dataset.shape[1], dataset.window, cfg.seed)
                if dataset.window and dataset.window < dataset.shape[1] else None)
@@ -210,8 +213,8 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
               memory_format=memory_format, conditional=bool(model_cfg.get("num_classes")),
               ckpt_path=run_dir / "last.safetensors", power_ema=power_ema, objective=denoising_objective)
 
-    if model_cfg.get("text"):
-        _prepare_captions(run, dataset, cfg.conditioning)
+    if captions is not None:
+        _prepare_captions(run, dataset, captions, cfg.conditioning)
     logger_state = {}
     if t.resume:
         ckpt = load_checkpoint(t.resume)
@@ -256,12 +259,11 @@ def build_run(cfg: DictConfig, run_dir: Path, world: World) -> Run:
     return run
 
 
-def _prepare_captions(run: Run, dataset, conditioning) -> None:
-    """conditioning=text: every item's captions, measured on the training split and tokenized once; the previews'
+def _prepare_captions(run: Run, dataset, captions: list[list[str]], conditioning) -> None:
+    """conditioning=text: every item's captions (:func:`caption_training_set`), tokenized once; the previews'
     prompts are the first caption of the first captioned item of each class."""
     k = int(conditioning.phrasings)
-    captions = caption_dataset(dataset, k, run.cfg.seed)
-    tokenizer = ByteTokenizer(conditioning.max_length)
+    tokenizer = text_tokenizer(run.denoiser.net)  # the network's own: bytes, or a pretrained encoder's
     run.captions = tokenizer.encode([c for item in captions for c in item]).view(len(captions), k, -1)
     run.captions_empty = tokenizer.encode([""])[0]
     firsts = {}
@@ -422,7 +424,7 @@ def preview(run: Run, final: bool = False) -> Path | None:
     if run.prompts:  # captions: the prompts take the place of the classes (a grid row each)
         names = run.prompts
         index = resolve_labels(None, cfg.n, names)
-        conditions, null_conditions = prompt_conditions(ByteTokenizer(run.captions.shape[-1]), names, index)
+        conditions, null_conditions = prompt_conditions(text_tokenizer(run.denoiser.net), names, index)
     sigmas = build_sigmas(cfg.sampler, cfg.steps, cfg.diffusion)
     solve = from_noise(run.info["shape"], cfg.sampler.name, sigmas, dict(cfg.sampler.options), device=run.device)
     x = generate(run.ema.averaged, solve, n=cfg.n, labels=labels, null_label=len(run.class_names),
