@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from ..errors import UserError
-from .captions import file_texts
+from .file_captions import file_texts
 from .dataset import Dataset
 from .scan import load_files, scan_folder
 from .splits import split_items
@@ -153,6 +153,10 @@ FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")  # {digit}_{speaker}_{i
 FSDD_SPLITS = ("train", "test", "all")
 FSDD_TEST = 5  # the dataset's own split: recordings 0-4 of each (digit, speaker) are the test set
 DIGIT_NAMES = [str(d) for d in range(10)]
+# The speakers, all male, and their accents (the FSDD repository's metadata.py); extras["speaker"] indexes this
+# table, in its order, and is -1 for a recording by anyone else.
+FSDD_SPEAKERS = {"george": "Greek", "jackson": "American", "lucas": "German", "nicolas": "Belgian French",
+                 "theo": "American", "yweweler": "German"}
 FETCH = "run python data_prep/fsdd.py --out {root} to download it"
 
 
@@ -167,27 +171,33 @@ def _corrupt_npz(path: Path, reason: str) -> UserError:
                      f"incomplete; replace it, or {FETCH.format(root=path.parent)} in its original layout")
 
 
-def _fsdd_npz(path: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """The packed copy (see ../shared/data/fsdd/README.md): clips of ``split`` and their digits."""
-    keys = ("audio", "offsets", "lengths", "digits", "indices")
+def speaker_index(names) -> np.ndarray:
+    """Speaker names -> [N] int64: each one's position in FSDD_SPEAKERS, -1 for a name not there."""
+    table = {name: i for i, name in enumerate(FSDD_SPEAKERS)}
+    return np.array([table.get(str(name), -1) for name in names], dtype=np.int64)
+
+
+def _fsdd_npz(path: Path, split: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The packed copy (see ../shared/data/fsdd/README.md): clips of ``split``, their digits and speaker names."""
+    keys = ("audio", "offsets", "lengths", "digits", "indices", "speakers")
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:  # our handle: closed even on errors
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise _corrupt_npz(path, f"no {', '.join(missing)} array")
-            audio, offsets, lengths, digits, indices = (npz[k] for k in keys)
+            audio, offsets, lengths, digits, indices, speakers = (npz[k] for k in keys)
             rate = int(npz["sample_rate"]) if "sample_rate" in npz.files else FSDD_RATE
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise _corrupt_npz(path, f"{type(e).__name__}: {e}") from None
     n = len(offsets)
-    if rate != FSDD_RATE or audio.dtype != np.int16 or any(len(a) != n for a in (lengths, digits, indices)) \
+    if rate != FSDD_RATE or audio.dtype != np.int16 or any(len(a) != n for a in (lengths, digits, indices, speakers)) \
             or (n and ((offsets < 0).any() or (lengths < 0).any() or (offsets + lengths).max() > len(audio)
                        or digits.min() < 0 or digits.max() > 9)):
         raise _corrupt_npz(path, "its arrays do not fit together")
     rows = np.flatnonzero(_in_split(indices, split))
     # int16 -> float32 exactly as soundfile reads PCM_16 WAVs: divide by 32768
     clips = [audio[offsets[k]:offsets[k] + lengths[k]].astype(np.float32) / 32768.0 for k in rows]
-    return clips, digits[rows]
+    return clips, digits[rows], speakers[rows]
 
 
 def _load_fsdd_wav(path: Path) -> np.ndarray:
@@ -197,9 +207,9 @@ def _load_fsdd_wav(path: Path) -> np.ndarray:
     return resample(wave.mean(axis=1), rate, FSDD_RATE)
 
 
-def _fsdd_recordings(folder: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+def _fsdd_recordings(folder: Path, split: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """The original layout: ``folder/{digit}_{speaker}_{index}.wav``, in the packed copy's order
-    (digit, speaker, index)."""
+    (digit, speaker, index): the clips of ``split`` that read, their digits and speaker names."""
     found, other = [], []
     for path in folder.glob("*.wav"):
         match = FSDD_NAME.match(path.name)
@@ -215,12 +225,12 @@ def _fsdd_recordings(folder: Path, split: str) -> tuple[list[np.ndarray], np.nda
                       f"({{digit}}_{{speaker}}_{{index}}.wav), e.g. {sorted(other)[0]}", stacklevel=3)
     found.sort()
     indices = np.array([key[2] for key, _ in found])
-    items = [(path, key[0]) for (key, path), keep in zip(found, _in_split(indices, split)) if keep]
+    items = [(path, k) for k, ((_, path), keep) in enumerate(zip(found, _in_split(indices, split))) if keep]
     if not items:
         raise UserError(f"dataset.root={folder} holds no FSDD recordings of split={split}: "
                         f"{FETCH.format(root=folder.parent)}, or use dataset.split=all")
-    clips, digits, _ = load_files(items, _load_fsdd_wav, "FSDD recording")
-    return clips, np.array(digits)
+    clips, rows, _ = load_files(items, _load_fsdd_wav, "FSDD recording")
+    return clips, np.array([found[k][0][0] for k in rows]), np.array([found[k][0][1] for k in rows])
 
 
 def _fsdd_source(root: str) -> Path:
@@ -248,7 +258,8 @@ def load_fsdd(root: str, split: str = "train", sample_rate: int = 8000, seconds:
     ``{digit}_{speaker}_{index}.wav``; data_prep/fsdd.py fetches it) or the packed copy
     (``fsdd_8k_int16.npz``, or the folder holding it). ``split``: "test" is recordings 0-4 of every
     (digit, speaker), the dataset's own rule; "train" the others; "all" both. Order: (digit, speaker,
-    index). Each clip (0.14-2.28 s) starts at t = 0 and is zero-padded at the end to T =
+    index). ``extras["speaker"]``: each recording's speaker, an index into FSDD_SPEAKERS (-1: someone else).
+    Each clip (0.14-2.28 s) starts at t = 0 and is zero-padded at the end to T =
     round(seconds * sample_rate) samples; a longer one keeps its first T samples (digits are spoken
     from the start). Resampled from 8 kHz if ``sample_rate`` differs, then normalised per clip."""
     _check_choice(split, "split", FSDD_SPLITS)
@@ -256,15 +267,13 @@ def load_fsdd(root: str, split: str = "train", sample_rate: int = 8000, seconds:
     sample_rate = _check_rate(sample_rate)
     length = _num_samples(seconds, sample_rate)
     source = _fsdd_source(root)
-    if source.is_file():
-        clips, digits = _fsdd_npz(source, split)
-    else:
-        clips, digits = _fsdd_recordings(source, split)
+    clips, digits, speakers = (_fsdd_npz if source.is_file() else _fsdd_recordings)(source, split)
     if not clips:
         raise UserError(f"dataset.root={root} holds no FSDD clips of split={split}: use dataset.split=all, "
                         f"or {FETCH.format(root=root)}")
     data = _stack(clips, FSDD_RATE, sample_rate, length, "start", None, normalize)
-    return Dataset(data, torch.from_numpy(np.asarray(digits, np.int64)), DIGIT_NAMES, "fsdd")
+    return Dataset(data, torch.from_numpy(np.asarray(digits, np.int64)), DIGIT_NAMES, "fsdd",
+                   extras={"speaker": torch.from_numpy(speaker_index(speakers))})
 
 
 # --- a folder of audio files ---------------------------------------------------------------------

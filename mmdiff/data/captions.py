@@ -15,23 +15,37 @@ Notes (:func:`note_attributes`): the timbre (the class); the pitch name and octa
 synthesiser played (``extras["midi"]``, scientific pitch notation: 60 is C4); loudness from the clip's RMS level
 in dB, and decay from the level of its last third against its first third (dB), each cut at its terciles within
 the timbre.
+
+Spoken digits (FSDD, :func:`spoken_digit_attributes`): the digit (the class); the speaker by name and his accent,
+from the dataset's metadata (``extras["speaker"]``, mmdiff.data.audio.FSDD_SPEAKERS); the spoken duration, the
+span of the frames within 30 dB of the clip's loudest (:func:`spoken_duration`), cut at its terciles within the
+digit.
+
+Moving digits (:func:`moving_digit_attributes`): the digit (the class: the first digit of a clip); the direction
+of its motion in words, from the compass direction the generator recorded (``extras["direction"]``; "still" for a
+clip of stills); its speed (``extras["speed"]``, pixels per frame) cut at fixed points, 1.5 and 2.5, since it takes
+few values. A clip of two digits (``dataset.digits=2``) names the second digit and its motion too.
+
+The files' own captions (a sidecar NAME.txt, a metadata.jsonl) are read by mmdiff.data.file_captions into
+``Dataset.texts``; :func:`caption_dataset` repeats them instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
+from .audio import FSDD_SPEAKERS
 from .dataset import Dataset
+from .file_captions import METADATA
+from .video import DIRECTIONS, STILL
 
 log = logging.getLogger(__name__)
-METADATA = "metadata.jsonl"   # Hugging Face imagefolder/audiofolder: one {"file_name": ..., "text": ...} per line
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 INK_THRESHOLD = 0.25   # a pixel (in [0, 1]) is ink for the bounding box above this
@@ -74,18 +88,18 @@ def slant(x: torch.Tensor) -> torch.Tensor:
     return -mu11 / mu02
 
 
+def extent(m: torch.Tensor) -> torch.Tensor:
+    """[N, L] bool -> [N] int64: the number of positions from the first True to the last, both in (0 if none)."""
+    idx = torch.arange(m.shape[1])
+    first = torch.where(m, idx, m.shape[1]).min(1).values
+    last = torch.where(m, idx, -1).max(1).values
+    return (last - first + 1).clamp(min=0)
+
+
 def box_area(x: torch.Tensor, threshold: float = INK_THRESHOLD) -> torch.Tensor:
     """[N, C, H, W] -> [N]: the area in pixels of the bounding box of the pixels above ``threshold`` (0 if none)."""
     ink = x.float().mean(1) > threshold
-    rows, cols = ink.any(2), ink.any(1)
-
-    def extent(m: torch.Tensor) -> torch.Tensor:
-        idx = torch.arange(m.shape[1])
-        first = torch.where(m, idx, m.shape[1]).min(1).values
-        last = torch.where(m, idx, -1).max(1).values
-        return (last - first + 1).clamp(min=0)
-
-    return (extent(rows) * extent(cols)).float()
+    return (extent(ink.any(2)) * extent(ink.any(1))).float()
 
 
 def tercile_cuts(values: torch.Tensor, groups: torch.Tensor) -> dict[int, tuple[float, float]]:
@@ -119,6 +133,8 @@ def measure_digits(x: torch.Tensor, digits: torch.Tensor, reference: Dataset, sa
     """Thickness, slant and size of the digit images ``x`` [N, C, H, W] in [0, 1], each the level its measure
     takes among the ``reference`` split's images of the digit in ``digits`` [N] (the one asked for, when ``x``
     was generated): the measurement that made the captions, applied to new images."""
+    if x.dtype == torch.uint8 or float(x.max()) > 1.5:
+        raise ValueError("measure_digits takes float images in [0, 1] (Modality.eval_data of decoded samples)")
     out = {}
     for name, measure in DIGIT_MEASURES.items():
         cuts = tercile_cuts(measure(reference.data), reference.labels)
@@ -145,7 +161,12 @@ def _digit_name(digit: str, rng: random.Random) -> str:
 
 def _a(phrase: str) -> str:
     """The phrase with its indefinite article ("an eight", "an 8", "an organ", "a thin one")."""
-    return ("an " if phrase.startswith(("eight", "8", "eleven", "18", "organ")) else "a ") + phrase
+    return ("an " if phrase.startswith(("eight", "8", "eleven", "18", "organ", "American")) else "a ") + phrase
+
+
+def _sometimes_capitalized(text: str, rng: random.Random) -> str:
+    """The caption, its first letter capitalised one time in five (people write both)."""
+    return text[0].upper() + text[1:] if rng.random() < 0.2 else text
 
 
 def digit_caption(attrs: dict[str, str], rng: random.Random, omit: float = 0.3) -> str:
@@ -179,7 +200,7 @@ def digit_caption(attrs: dict[str, str], rng: random.Random, omit: float = 0.3) 
         parts = ([words["slant"]] if "slant" in words else []) + adjectives
         rng.shuffle(parts)
         text = " ".join(parts + [name])
-    return text[0].upper() + text[1:] if rng.random() < 0.2 else text
+    return _sometimes_capitalized(text, rng)
 
 
 # --- notes -----------------------------------------------------------------------------------------
@@ -272,44 +293,173 @@ def note_caption(attrs: dict[str, str], rng: random.Random, omit: float = 0.3) -
     else:                # "A4 on a loud plucked string"
         head = _a(" ".join(adjectives + [timbre]))
         text = f"{pitch} {rng.choice(['on', 'played on', 'from'])} {head}" if pitch else head
-    return text[0].upper() + text[1:] if rng.random() < 0.2 else text
+    return _sometimes_capitalized(text, rng)
 
 
-# --- captions from the files: a sidecar .txt (LoRA trainers' convention) or metadata.jsonl (Hugging Face's) ---
+# --- spoken digits (FSDD) --------------------------------------------------------------------------
 
-def _metadata(folder: Path, cache: dict) -> dict[Path, str]:
-    """{resolved file path: text} of ``folder``/metadata.jsonl ({} without one); read once per folder."""
-    if folder not in cache:
-        table, path = {}, folder / METADATA
-        if path.is_file():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    table[(folder / row["file_name"]).resolve()] = str(row.get("text") or "")
-                except (ValueError, KeyError, TypeError) as e:
-                    raise UserError(f"{path} line {n} is not a JSON object with file_name and text ({e}): fix or "
-                                    "delete that line") from None
-        cache[folder] = table
-    return cache[folder]
+SPEECH_FRAME, SPEECH_HOP = 256, 64   # samples (32 ms and 8 ms at FSDD's 8 kHz)
+SPEECH_FLOOR_DB = 30.0               # a frame within this many dB of the clip's loudest holds speech
+DURATION_LEVELS = ("short", "medium", "long")
+DURATION_WORDS = {"short": ["short", "quick", "clipped"], "medium": ["medium-length", "moderately paced"],
+                  "long": ["long", "drawn-out", "slow"]}
+ACCENT_WORDS = {"American": ["American", "US"], "Belgian French": ["Belgian French", "French", "Belgian"]}
 
 
-def file_texts(paths: Sequence[Path], root: Path) -> list[str | None] | None:
-    """The caption of each file: the text of ``NAME.txt`` beside it, else its row of a metadata.jsonl in its folder
-    or in ``root`` (file_name relative to that folder); None for a file without one. None when no file has one."""
-    cache: dict = {}
-    texts = []
-    for path in paths:
-        sidecar = path.with_suffix(".txt")
-        if sidecar.is_file():
-            texts.append(sidecar.read_text(encoding="utf-8", errors="replace").strip())
-            continue
-        resolved = path.resolve()
-        texts.append(next((t[resolved] for folder in dict.fromkeys([path.parent, Path(root)])
-                           if resolved in (t := _metadata(folder, cache))), None))
-    return texts if any(t is not None for t in texts) else None
+def spoken_duration(x: torch.Tensor, frame: int = SPEECH_FRAME, hop: int = SPEECH_HOP,
+                    floor_db: float = SPEECH_FLOOR_DB) -> torch.Tensor:
+    """[N, C, T] -> [N] float: the length in samples of the sound in each clip, silence before and after left out.
 
+    Frames of ``frame`` samples every ``hop`` (the clip zero-padded by frame - hop at both ends) hold sound when
+    their RMS level is within ``floor_db`` of the clip's loudest frame. The sound starts within the last hop of
+    the first such frame (the frame a hop earlier held none) and ends within the first hop of the last, so it
+    lasts (last - first) + 2 hop - frame samples: exact when both ends fall on the hop grid, else each end is
+    moved out to the grid (less than a hop). 0 for a silent clip."""
+    w = F.pad(x.float().mean(1), (frame - hop, frame - hop))
+    power = w.unfold(-1, frame, hop).pow(2).mean(-1)                         # [N, frames]
+    sound = (power > 0) & (power >= power.amax(1, keepdim=True) * 10 ** (-floor_db / 10))
+    return (extent(sound) * hop + hop - frame).clamp(min=0).float()
+
+
+def spoken_digit_attributes(dataset: Dataset) -> list[dict[str, str]]:
+    """The attributes of every recording as words: {digit, speaker, accent, duration}. The speaker (by name) and
+    their accent come from the dataset (``extras["speaker"]``, mmdiff.data.audio.FSDD_SPEAKERS; "unknown" for
+    anyone else); the duration is measured (:func:`spoken_duration`, cut at its terciles within the digit).
+    Loudness is not: clips are peak-normalised by default, so their level tells little about the voice."""
+    if "speaker" not in dataset.extras:
+        raise UserError("these recordings carry no speakers (extras['speaker']): load them with dataset=fsdd")
+    labels, names = dataset.labels, list(FSDD_SPEAKERS)
+    duration = tercile_levels(spoken_duration(dataset.data), labels)
+    speakers = [names[s] if s >= 0 else "unknown" for s in dataset.extras["speaker"].tolist()]
+    unknown = speakers.count("unknown")
+    if unknown:
+        log.warning("%d of %d recordings are by speakers outside FSDD's %d (%s): their captions name no speaker",
+                    unknown, len(speakers), len(names), ", ".join(names))
+    return [{"digit": dataset.class_names[int(labels[i])], "speaker": speakers[i],
+             "accent": FSDD_SPEAKERS.get(speakers[i], "unknown"), "duration": DURATION_LEVELS[int(duration[i])]}
+            for i in range(len(labels))]
+
+
+def _speaker(attrs: dict[str, str], rng: random.Random, omit: float) -> str:
+    """Who speaks: the name, the accent, both, or (each left out with probability ``omit``) neither."""
+    known = attrs["speaker"] != "unknown"
+    name = attrs["speaker"] if known and rng.random() >= omit else None
+    accent = rng.choice(ACCENT_WORDS.get(attrs["accent"], [attrs["accent"]])) if known and rng.random() >= omit \
+        else None
+    if name and accent:
+        return rng.choice([f"{name} ({accent} accent)", f"{name}, {_a(accent)} speaker"])
+    if accent:
+        return rng.choice([f"a man with {_a(accent)} accent", _a(f"{accent} man"), _a(f"{accent} speaker")])
+    if name:
+        return name
+    return rng.choice(["a man", "a male speaker", "someone"] if known else ["someone", "a speaker"])  # all male
+
+
+def spoken_digit_caption(attrs: dict[str, str], rng: random.Random, omit: float = 0.3) -> str:
+    """One caption of a recording's attributes ("seven spoken by jackson, drawn-out", "a man with a German accent
+    saying seven"): the digit always; the speaker's name, accent and the duration each left out with probability
+    ``omit``."""
+    name = _digit_name(attrs["digit"], rng)
+    who = _speaker(attrs, rng, omit)
+    pace = rng.choice(DURATION_WORDS[attrs["duration"]]) if rng.random() >= omit else None
+    template = rng.randrange(4)
+    if template == 0:    # "seven spoken by jackson, drawn-out"
+        text = f"{name} {rng.choice(['spoken', 'said'])} by {who}" + (f", {pace}" if pace else "")
+    elif template == 1:  # "a man with a German accent saying a quick seven"
+        text = f"{who} saying {_a(f'{pace} {name}') if pace else name}"
+    elif template == 2:  # "the word seven, drawn-out, from lucas"
+        word = DIGIT_WORDS[int(attrs["digit"])] if attrs["digit"].isdigit() else name
+        text = ", ".join([f"the word {word}"] + ([pace] if pace else []) + [f"from {who}"])
+    else:                # "a quick seven by theo (American accent)"
+        text = f"{_a(f'{pace} {name}') if pace else name} by {who}"
+    return _sometimes_capitalized(text, rng)
+
+
+# --- moving digits ---------------------------------------------------------------------------------
+
+# The words of a clip's direction, by compass direction (mmdiff.data.video.DIRECTIONS; "N" is up the image).
+DIRECTION_NAMES = {"E": "right", "NE": "upper right", "N": "up", "NW": "upper left", "W": "left",
+                   "SW": "lower left", "S": "down", "SE": "lower right"}
+# No phrase is part of another direction's phrase, so a caption names one direction.
+MOTION_WORDS = {
+    "up": ["moving up", "drifting upwards", "heading to the top"],
+    "down": ["moving down", "drifting downwards", "heading to the bottom"],
+    "right": ["moving right", "drifting to the right", "heading right"],
+    "left": ["moving left", "drifting to the left", "heading left"],
+    "upper right": ["going up and right", "drifting to the upper right", "heading towards the top right"],
+    "upper left": ["going up and left", "drifting to the upper left", "heading towards the top left"],
+    "lower right": ["going down and right", "drifting to the lower right", "heading towards the bottom right"],
+    "lower left": ["going down and left", "drifting to the lower left", "heading towards the bottom left"],
+    "still": ["standing still", "not moving", "motionless"],
+}
+# Speed in pixels per frame takes few values (|v| of whole-pixel velocities: 1, 1.41, 2, 2.24, 2.83 at max_speed=2),
+# so fixed cuts rather than terciles: slow below 1.5 (at most a pixel per axis), fast above 2.5, medium between.
+SPEED_CUTS = (1.5, 2.5)
+SPEED_LEVELS = ("slow", "medium", "fast")
+SPEED_WORDS = {"slow": (["slow", "slow-moving", "sluggish"], ["slowly", "at a slow pace"]),
+               "medium": (["mid-speed", "medium-speed"], ["at mid speed", "at medium speed", "at a moderate pace"]),
+               "fast": (["fast", "quick", "speedy"], ["quickly", "fast", "at high speed"])}   # (adjectives, adverbs)
+
+
+def speed_levels(speed: torch.Tensor) -> list[str]:
+    """[N] pixels per frame -> "slow", "medium" or "fast" by SPEED_CUTS; "still" for 0 (a clip of stills)."""
+    levels = levels_at(speed, torch.zeros(len(speed), dtype=torch.long), {0: SPEED_CUTS})
+    return ["still" if s == 0 else SPEED_LEVELS[int(v)] for s, v in zip(speed.tolist(), levels)]
+
+
+def moving_digit_attributes(dataset: Dataset) -> list[dict[str, str]]:
+    """The attributes of every clip as words: {digit, direction, speed} of its (first) digit, the class, from the
+    motion the generator drew (``extras["direction"]``, ``extras["speed"]``); with ``dataset.digits=2`` also
+    {digit_2, direction_2, speed_2} of the second digit (``extras["label_2"]``, -1 for a clip of stills)."""
+    if "direction" not in dataset.extras or "speed" not in dataset.extras:
+        raise UserError("these clips carry no motion (extras['direction'] and ['speed']): load them with "
+                        "dataset=moving_digits")
+    names = {i: DIRECTION_NAMES[d] for i, d in enumerate(DIRECTIONS)} | {STILL: "still"}
+
+    def digit(labels, direction, speed) -> list[dict[str, str]]:
+        return [{"digit": dataset.class_names[c], "direction": names[d], "speed": s}
+                for c, d, s in zip(labels.tolist(), direction.tolist(), speed_levels(speed))]
+
+    e = dataset.extras
+    out = digit(dataset.labels, e["direction"], e["speed"])
+    if "label_2" in e:
+        second = digit(e["label_2"].clamp(min=0), e["direction_2"], e["speed_2"])
+        out = [a | ({f"{k}_2": v for k, v in b.items()} if c >= 0 else {})
+               for a, b, c in zip(out, second, e["label_2"].tolist())]
+    return out
+
+
+def _moving_digit(digit: str, direction: str, speed: str, form: int, rng: random.Random, omit: float,
+                  short: bool) -> str:
+    """One digit and its motion in ``form`` 0 ("a fast seven moving up"), 1 ("seven moving up quickly") or 2
+    ("seven, moving up, fast"); ``short``: the shortest words only (two digits in one caption)."""
+    pick = (lambda words: min(words, key=len)) if short else rng.choice
+    name = rng.choice([DIGIT_WORDS[int(digit)], digit]) if short and digit.isdigit() else _digit_name(digit, rng)
+    motion = pick(MOTION_WORDS[direction]) if rng.random() >= omit else None
+    adjectives, adverbs = SPEED_WORDS.get(speed, ([], []))
+    pace = bool(adjectives) and rng.random() >= omit
+    if form == 0:
+        return _a(f"{pick(adjectives)} {name}" if pace else name) + (f" {motion}" if motion else "")
+    if form == 1:
+        return " ".join([name, motion or "moving", pick(adverbs)] if pace else [name] + ([motion] if motion else []))
+    return ", ".join([name] + ([motion] if motion else []) + ([pick(adjectives)] if pace else []))
+
+
+def moving_digit_caption(attrs: dict[str, str], rng: random.Random, omit: float = 0.3) -> str:
+    """One caption of a clip's attributes ("a fast seven drifting to the left", "footage of three moving up
+    slowly"): the digit always, its direction and speed each left out with probability ``omit``; a second digit
+    joins with "and", both in their shortest words so that the caption fits in 84 bytes (as the others do)."""
+    two = "digit_2" in attrs
+    form = rng.randrange(2 if two else 3)
+    clauses = [_moving_digit(attrs[f"digit{s}"], attrs[f"direction{s}"], attrs[f"speed{s}"], form, rng, omit, two)
+               for s in (("", "_2") if two else ("",))]
+    text = " and ".join(clauses)
+    if not two and form == 0:
+        text = rng.choice(["", "", "a video of ", "footage of "]) + text
+    return _sometimes_capitalized(text, rng)
+
+
+# --- captions from the files (mmdiff.data.file_captions reads them into Dataset.texts) ---
 
 def given_captions(dataset: Dataset, k: int) -> list[list[str]]:
     """The files' own captions (``dataset.texts``), k times each; a missing or empty caption becomes the empty
@@ -329,6 +479,8 @@ def given_captions(dataset: Dataset, k: int) -> list[list[str]]:
 CAPTIONERS: dict[str, tuple[Callable[[Dataset], list[dict]], Callable[[dict, random.Random], str]]] = {
     "digits": (digit_attributes, digit_caption),
     "notes": (note_attributes, note_caption),
+    "fsdd": (spoken_digit_attributes, spoken_digit_caption),
+    "moving_digits": (moving_digit_attributes, moving_digit_caption),
 }
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..errors import UserError
-from .captions import file_texts
+from .file_captions import file_texts
 from .dataset import Dataset
 from .scan import scan_folder
 from .splits import every_kth, split_items

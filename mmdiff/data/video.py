@@ -129,7 +129,7 @@ def moving_clips(images: torch.Tensor, canvas: int, frames: int, per_image: int,
     digit: ``source`` [N] int64 (index into ``images``), ``positions`` [N, frames, 2] int64 (top-left row
     and column in each frame), ``velocity`` [N, 2] int64 (rows, columns per frame at frame 0),
     ``direction`` [N] int64 (index into DIRECTIONS) and ``speed`` [N] float32 (pixels per frame); for a
-    second digit ``source_2``, ``positions_2`` and ``velocity_2``."""
+    second digit the same with the suffix ``_2`` (``source_2``, ..., ``speed_2``)."""
     m, h, w = images.shape
     if canvas < max(h, w):
         raise UserError(f"the canvas ({canvas}x{canvas}) is smaller than the digits ({h}x{w}): make it at least "
@@ -149,9 +149,8 @@ def moving_clips(images: torch.Tensor, canvas: int, frames: int, per_image: int,
         extras[f"source{suffix}"] = torch.from_numpy(source.astype(np.int64))
         extras[f"positions{suffix}"] = torch.from_numpy(positions.astype(np.int64))
         extras[f"velocity{suffix}"] = torch.from_numpy(velocity.astype(np.int64))
-        if d == 0:
-            extras["direction"] = torch.from_numpy(direction(velocity))
-            extras["speed"] = torch.from_numpy(np.hypot(velocity[:, 0], velocity[:, 1]).astype(np.float32))
+        extras[f"direction{suffix}"] = torch.from_numpy(direction(velocity))
+        extras[f"speed{suffix}"] = torch.from_numpy(np.hypot(velocity[:, 0], velocity[:, 1]).astype(np.float32))
         slots.append((extras[f"source{suffix}"], extras[f"positions{suffix}"]))
     size = canvas if size is None else size
     clips = torch.empty(n, 1, frames, size, size, dtype=torch.float32)
@@ -201,7 +200,9 @@ def load_moving_digits(size: int = 16, frames: int = 8, digits: int = 1, per_dig
     ``stills_per_digit`` > 0 adds that many "clips" of still images per source image for joint image-video
     training (Ho et al., Video Diffusion Models): each frame shows the digit at its own random position, the
     frames are independent images (``extras["independent"]`` is True for them, False for the moving clips; the
-    network skips its temporal layers for them), ``direction`` is STILL and ``speed`` 0.
+    network skips its temporal layers for them), ``direction`` is STILL and ``speed`` 0 (with ``digits=2``:
+    ``label_2`` is -1, no second digit; of the second digit's extras the set keeps ``label_2``, ``direction_2``
+    and ``speed_2``).
 
     Defaults (16x16, 8 frames, 1 digit, 3 clips per digit): train 4,299 clips (35.2 MB of float32,
     8 KiB a clip), test 1,092 (8.9 MB); generated in well under a second."""
@@ -226,6 +227,8 @@ def load_moving_digits(size: int = 16, frames: int = 8, digits: int = 1, per_dig
     still = _render(padded, src, positions).unsqueeze(1)
     extras = {"source": src, "positions": positions, "velocity": torch.zeros(n, 2, dtype=torch.int64),
               "direction": torch.full((n,), STILL, dtype=torch.int64), "speed": torch.zeros(n)}
+    if digits > 1:  # a still shows one digit: no second one (label -1)
+        extras |= {"label_2": torch.full((n,), -1), "direction_2": torch.full((n,), STILL), "speed_2": torch.zeros(n)}
     joined = {k: torch.cat([moving.extras[k], extras[k]]) for k in extras}
     joined["independent"] = torch.cat([torch.zeros(len(moving), dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
     return Dataset(torch.cat([moving.data, still]), torch.cat([moving.labels, source.labels[src]]), DIGIT_NAMES,

@@ -186,10 +186,10 @@ def prediction(cfg: DictConfig, model: Model, reference: Dataset, options: dict)
 
 
 def prompt_following(fake: torch.Tensor, asked: PromptSet, train: Dataset, real: Dataset, evaluator: Evaluator,
-                     sample_rate: int | None) -> dict:
-    """Attribute accuracy of the samples, beside the same figures for the real items their prompts were made of
-    (the ceiling), and a few of the prompts."""
-    items = real.data[asked.items]
+                     modality, sample_rate: int | None) -> dict:
+    """Attribute accuracy of the samples (decoded, as the modality's ``decode`` gives them), beside the same
+    figures for the real items their prompts were made of (the ceiling), and a few of the prompts."""
+    fake, items = modality.eval_data(fake, real.shape), real.data[asked.items]
     return attribute_accuracy(fake, asked, train, evaluator.predict(fake), sample_rate) | {
         "ceiling": attribute_accuracy(items, asked, train, evaluator.predict(items), sample_rate),
         "examples": asked.prompts[:3]}
@@ -243,7 +243,7 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         result = measure(fake, labels) | {"source": source, "split": described}
     if asked is not None:
         result["prompts"] = prompt_following(fake, asked, train, reference if reference is not None else train,
-                                             evaluator, run_cfg["dataset"].get("sample_rate"))
+                                             evaluator, modality, run_cfg["dataset"].get("sample_rate"))
     if not samples_dir and (predicted := prediction(cfg, model, reference if reference is not None else train,
                                                     options)) is not None:
         result["prediction"] = predicted

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmdiff.data.audio import fix_length, load_audio_folder, load_fsdd, normalize_audio
+from mmdiff.data.audio import FSDD_SPEAKERS, fix_length, load_audio_folder, load_fsdd, normalize_audio
 from mmdiff.errors import UserError
 from tests.conftest import SHARED_DATA
 
@@ -107,6 +107,35 @@ def test_fsdd_packed_npz_equals_the_original_layout(tmp_path):
             packed = load_fsdd(str(root), split=split, seconds=0.5)
             assert torch.equal(packed.data, original.data) and torch.equal(packed.labels, original.labels)
     assert np.allclose(original.data.abs().amax(-1), 0.95)
+
+
+def test_fsdd_both_layouts_carry_the_speaker(tmp_path):
+    keys = [(d, s, i) for d in (1, 4) for s in ("theo", "bob", "jackson") for i in (3, 7)]
+    for key in keys:
+        write(tmp_path / "orig" / "recordings" / "{}_{}_{}.wav".format(*key), fake_clip(*key), 8000, subtype="PCM_16")
+    npz = write_packed(tmp_path / "packed" / "fsdd_8k_int16.npz", keys)
+    names = list(FSDD_SPEAKERS)
+    expected_speakers = [names.index(s) if s in names else -1 for _, s, i in sorted(keys) if i >= 5]
+    assert expected_speakers == [-1, 1, 4] * 2                    # bob is no FSDD speaker
+    for root in (tmp_path / "orig", npz):
+        ds = load_fsdd(str(root))
+        assert ds.extras["speaker"].dtype == torch.int64 and ds.extras["speaker"].tolist() == expected_speakers
+        assert ds.subset([2, 0]).extras["speaker"].tolist() == [4, -1]
+
+
+@pytest.mark.skipif(not (FSDD / "fsdd_8k_int16.npz").is_file(), reason=f"the shared FSDD copy is not at {FSDD}")
+def test_real_fsdd_speakers_match_the_packed_names(tmp_path):
+    test = load_fsdd(str(FSDD), split="test")
+    with np.load(FSDD / "fsdd_8k_int16.npz") as npz:
+        rows = npz["splits"] == "test"
+        speakers, files = npz["speakers"][rows], npz["files"][rows]
+        audio, offsets, lengths = npz["audio"], npz["offsets"][rows], npz["lengths"][rows]
+    assert [list(FSDD_SPEAKERS)[s] for s in test.extras["speaker"].tolist()] == speakers.tolist()
+    picked = [35 * s for s in range(6)]   # rows of (digit s, speaker s): recordings by all six, as WAV files
+    for k in picked:
+        write(tmp_path / files[k], audio[offsets[k]:offsets[k] + lengths[k]], 8000, subtype="PCM_16")
+    folder = load_fsdd(str(tmp_path), split="test")
+    assert folder.extras["speaker"].tolist() == test.extras["speaker"][picked].tolist() == list(range(6))
 
 
 def test_fsdd_resampled_to_16k(tmp_path):
