@@ -99,6 +99,8 @@ def test_attribute_accuracy_counts_what_each_sample_got_right(digits, test_digit
     swapped = torch.cat([real, test_digits.data[[right[j % len(right)] for j in range(10)]]])
     tail = attribute_accuracy(swapped[40:], _tail(asked, 40), digits, asked.labels[40:])
     assert tail["held_out"]["slant"] == 0.0 and tail["held_out"]["all"] == 0.0 and tail["held_out"]["digit"] == 1.0
+    assert tail["held_out"]["combination"] == 0.0 and result["held_out"]["combination"] == 1.0
+    assert asked.combination[-1] == {"digit": "7", "slant": "left"} and "combination" not in result["seen"]
     # against another item's prompt of the same digit, real items score about a third per tercile attribute
     assert 0.15 < result["seen"]["chance"]["thickness"] < 0.6 and result["seen"]["chance"]["digit"] == 1.0
     wrong = attribute_accuracy(fake, asked, digits, (asked.labels + 1) % 10)
@@ -108,7 +110,7 @@ def test_attribute_accuracy_counts_what_each_sample_got_right(digits, test_digit
 def _tail(asked, start):
     from mmdiff.eval.prompts import PromptSet
     return PromptSet(asked.prompts[start:], asked.items[start:], asked.labels[start:], asked.wanted[start:],
-                     asked.held_out[start:])
+                     asked.held_out[start:], asked.combination[start:])
 
 
 def test_eval_reports_prompt_following_for_a_caption_model(tiny_cfg, tmp_path, capsys):
@@ -121,6 +123,7 @@ def test_eval_reports_prompt_following_for_a_caption_model(tiny_cfg, tmp_path, c
     assert result["n_samples"] == 30                 # FD and accuracy on the n prompts of the reference's own items
     assert result["prompts"]["held_out"]["n"] >= 12   # 6 more for each held-out combination
     assert set(result["prompts"]["seen"]) == {"n", "digit", "thickness", "slant", "size", "all", "chance"}
+    assert "combination" in result["prompts"]["held_out"]
     assert "prompt following, held-out combinations" in capsys.readouterr().out
     with pytest.raises(UserError, match="drop class="):
         evaluate_from_config(compose_config(["mode=eval", f"checkpoint={path}", "n=4", "class=3"]), tmp_path / "e2")

@@ -58,6 +58,7 @@ class PromptSet:
     labels: torch.Tensor               # [n] the class each asks for
     wanted: list[dict[str, str]]       # the attributes each asks for
     held_out: torch.Tensor             # [n] bool: asks for a combination never seen in training
+    combination: list[dict[str, str]]  # that combination ({} for a seen one)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -87,8 +88,10 @@ def prompt_set(train: Dataset, reference: Dataset, hold_out: list, n: int, per_h
         items += [matching[j % len(matching)] for j in range(per_held_out)] if matching else []
     phrase = CAPTIONERS[train.name][1]
     prompts = [phrase(attributes[i], random.Random(f"{seed}/prompt/{j}"), omit=0.0) for j, i in enumerate(items)]
-    held = torch.tensor([any(matches(attributes[i], c) for c in hold_out) for i in items], dtype=torch.bool)
-    return PromptSet(prompts, items, reference.labels[items].clone(), [attributes[i] for i in items], held)
+    combination = [next((c for c in hold_out if matches(attributes[i], c)), {}) for i in items]
+    held = torch.tensor([bool(c) for c in combination], dtype=torch.bool)
+    return PromptSet(prompts, items, reference.labels[items].clone(), [attributes[i] for i in items], held,
+                     combination)
 
 
 def attribute_accuracy(fake: torch.Tensor, asked: PromptSet, train: Dataset, predicted: torch.Tensor,
@@ -111,12 +114,15 @@ def attribute_accuracy(fake: torch.Tensor, asked: PromptSet, train: Dataset, pre
 
     def scores(wanted: list[dict[str, str]]) -> dict[str, torch.Tensor]:
         right = {k: torch.tensor([measured[k][i] == w[k] for i, w in enumerate(wanted)]) for k in measured}
-        return right | {"all": torch.stack(list(right.values())).all(0)}
+        # "combination": every attribute of the held-out combination the prompt asks for (e.g. a four, and thin)
+        both = torch.tensor([all(bool(right[k][i]) for k in c) for i, c in enumerate(asked.combination)])
+        return right | {"all": torch.stack(list(right.values())).all(0), "combination": both}
 
     right, chance = scores(asked.wanted), scores([asked.wanted[j] for j in other.tolist()])
     out = {}
     for part, mask in (("seen", ~asked.held_out), ("held_out", asked.held_out)):
         if mask.any():
-            out[part] = {"n": int(mask.sum())} | {k: float(r[mask].float().mean()) for k, r in right.items()}
-            out[part]["chance"] = {k: float(r[mask].float().mean()) for k, r in chance.items()}
+            keys = [k for k in right if part == "held_out" or k != "combination"]
+            out[part] = {"n": int(mask.sum())} | {k: float(right[k][mask].float().mean()) for k in keys}
+            out[part]["chance"] = {k: float(chance[k][mask].float().mean()) for k in keys}
     return out
