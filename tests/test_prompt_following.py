@@ -101,6 +101,7 @@ def test_attribute_accuracy_counts_what_each_sample_got_right(digits, test_digit
     assert tail["held_out"]["slant"] == 0.0 and tail["held_out"]["all"] == 0.0 and tail["held_out"]["digit"] == 1.0
     assert tail["held_out"]["combination"] == 0.0 and result["held_out"]["combination"] == 1.0
     assert asked.combination[-1] == {"digit": "7", "slant": "left"} and "combination" not in result["seen"]
+    assert result["held_out"]["by_combination"]["digit=7, slant=left"]["n"] == result["held_out"]["n"]
     # against another item's prompt of the same digit, real items score about a third per tercile attribute
     assert 0.15 < result["seen"]["chance"]["thickness"] < 0.6 and result["seen"]["chance"]["digit"] == 1.0
     wrong = attribute_accuracy(fake, asked, digits, (asked.labels + 1) % 10)

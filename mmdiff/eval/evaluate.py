@@ -230,8 +230,11 @@ def prompt_table(prompts: dict) -> list[str]:
             r, real = prompts[part], prompts.get("ceiling", {}).get(part, {})
             cells = ", ".join(f"{k} {v:.1%} (chance {r['chance'][k]:.1%}"
                               + (f", real {real[k]:.1%})" if k in real else ")")
-                              for k, v in r.items() if k not in ("n", "chance"))
+                              for k, v in r.items() if k not in ("n", "chance", "by_combination"))
             lines.append(f"prompt following, {label} ({r['n']} samples): {cells}")
+            for name, c in r.get("by_combination", {}).items():
+                lines.append(f"  {name} ({c['n']} samples): " + ", ".join(
+                    f"{k} {v:.1%}" for k, v in c.items() if k != "n"))
     return lines
 
 

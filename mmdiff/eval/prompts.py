@@ -125,4 +125,8 @@ def attribute_accuracy(fake: torch.Tensor, asked: PromptSet, train: Dataset, pre
             keys = [k for k in right if part == "held_out" or k != "combination"]
             out[part] = {"n": int(mask.sum())} | {k: float(right[k][mask].float().mean()) for k in keys}
             out[part]["chance"] = {k: float(chance[k][mask].float().mean()) for k in keys}
+    for c in {tuple(sorted(c.items())) for c in asked.combination if c}:   # each held-out combination apart
+        mask = torch.tensor([tuple(sorted(a.items())) == c for a in asked.combination])
+        out["held_out"].setdefault("by_combination", {})[", ".join(f"{k}={v}" for k, v in c)] = {
+            "n": int(mask.sum())} | {k: float(right[k][mask].float().mean()) for k in right}
     return out
