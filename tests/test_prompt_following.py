@@ -120,12 +120,15 @@ def test_eval_reports_prompt_following_for_a_caption_model(tiny_cfg, tmp_path, c
     path = train(tiny_cfg(*SMALL_TEXT, HOLD, "trainer.max_steps=2"), tmp_path / "run")
     result = evaluate_from_config(compose_config([
         "mode=eval", f"checkpoint={path}", "n=30", "steps=2", "eval.held_out_per_combination=6",
-        "eval.evaluator.epochs=1", "eval.kid_subsets=5"]), tmp_path / "eval")
+        "eval.evaluator.epochs=1", "eval.kid_subsets=5", "eval.aligner.epochs=1"]), tmp_path / "eval")
     assert result["n_samples"] == 30                 # FD and accuracy on the n prompts of the reference's own items
     assert result["prompts"]["held_out"]["n"] >= 12   # 6 more for each held-out combination
     assert set(result["prompts"]["seen"]) == {"n", "digit", "thickness", "slant", "size", "all", "chance"}
     assert "combination" in result["prompts"]["held_out"]
-    assert "prompt following, held-out combinations" in capsys.readouterr().out
+    alignment = result["prompts"]["alignment"]      # the contrastive score, beside real and mismatched pairs
+    assert set(alignment) == {"samples", "real", "mismatched"} and alignment["samples"]["n"] == 42
+    out = capsys.readouterr().out
+    assert "prompt following, held-out combinations" in out and "text-sample alignment" in out
     with pytest.raises(UserError, match="drop class="):
         evaluate_from_config(compose_config(["mode=eval", f"checkpoint={path}", "n=4", "class=3"]), tmp_path / "e2")
 

@@ -223,8 +223,14 @@ def format_table(result: dict) -> str:
 
 
 def prompt_table(prompts: dict) -> list[str]:
-    """Attribute accuracy (mmdiff.eval.prompts.attribute_accuracy) as lines: one per part (seen, held-out)."""
+    """Attribute accuracy (mmdiff.eval.prompts.attribute_accuracy) as lines: one per part (seen, held-out), and
+    the contrastive alignment (mmdiff.eval.alignment.prompt_alignment)."""
     lines = []
+    if "alignment" in prompts:
+        a = prompts["alignment"]
+        lines.append("text-sample alignment (contrastive model trained on real pairs): " + "; ".join(
+            f"{name} score {a[name]['clip_score']:.1f}, retrieval {a[name]['retrieval']:.1%}"
+            for name in ("samples", "real", "mismatched")) + f" (retrieval chance {a['samples']['chance']:.0%})")
     for part, label in (("seen", "seen combinations"), ("held_out", "held-out combinations")):
         if part in prompts:
             r, real = prompts[part], prompts.get("ceiling", {}).get(part, {})

@@ -28,6 +28,8 @@ from ..errors import UserError
 from ..eval.evaluate import check_inception, evaluate, format_table, read_samples_folder
 from ..eval.evaluator import Evaluator, load_or_train_evaluator
 from ..eval.metrics import psnr, ssim
+from ..data.captions import caption_dataset
+from ..eval.alignment import Aligner, load_or_train_aligner, prompt_alignment
 from ..eval.prompts import MEASURERS, PromptSet, attribute_accuracy, measurable, prompt_set
 from ..generate import from_noise, generate
 from ..loggers import build_loggers
@@ -186,13 +188,24 @@ def prediction(cfg: DictConfig, model: Model, reference: Dataset, options: dict)
 
 
 def prompt_following(fake: torch.Tensor, asked: PromptSet, train: Dataset, real: Dataset, evaluator: Evaluator,
-                     modality, sample_rate: int | None) -> dict:
+                     modality, sample_rate: int | None, aligner: Aligner) -> dict:
     """Attribute accuracy of the samples (decoded, as the modality's ``decode`` gives them), beside the same
-    figures for the real items their prompts were made of (the ceiling), and a few of the prompts."""
+    figures for the real items their prompts were made of (the ceiling); the contrastive alignment of samples
+    and prompts (mmdiff/eval/alignment.py) beside real and mismatched pairs; a few of the prompts."""
     fake, items = modality.eval_data(fake, real.shape), real.data[asked.items]
     return attribute_accuracy(fake, asked, train, evaluator.predict(fake), sample_rate) | {
         "ceiling": attribute_accuracy(items, asked, train, evaluator.predict(items), sample_rate),
+        "alignment": prompt_alignment(aligner, fake, asked.prompts, items),
         "examples": asked.prompts[:3]}
+
+
+def aligner_for(train: Dataset, modality, run_cfg: dict, options: dict, retrain: bool) -> Aligner:
+    """The contrastive text-sample model for ``train``'s built-in captions (every item, held-out combinations
+    included, seed 0: one cached model per data set and options), trained or loaded from the cache."""
+    opts = dict(options.get("aligner") or {})
+    k = int(opts.pop("phrasings", 8))
+    return load_or_train_aligner(train, caption_dataset(train, k, seed=0), modality,
+                                 data_root=run_cfg["dataset"].get("root"), retrain=retrain, **opts)
 
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -243,7 +256,8 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         result = measure(fake, labels) | {"source": source, "split": described}
     if asked is not None:
         result["prompts"] = prompt_following(fake, asked, train, reference if reference is not None else train,
-                                             evaluator, modality, run_cfg["dataset"].get("sample_rate"))
+                                             evaluator, modality, run_cfg["dataset"].get("sample_rate"),
+                                             aligner_for(train, modality, run_cfg, options, bool(options["retrain"])))
     if not samples_dir and (predicted := prediction(cfg, model, reference if reference is not None else train,
                                                     options)) is not None:
         result["prediction"] = predicted
