@@ -211,12 +211,16 @@ class Model:
                             self.config["diffusion"], self.schedules)
 
     def guided(self, labels: torch.Tensor | None, guidance: Guidance | float = 1.0,
-               conditions: dict[str, torch.Tensor] | None = None):
+               conditions: dict[str, torch.Tensor] | None = None,
+               null_conditions: dict[str, torch.Tensor] | None = None):
         """The denoiser(x, sigma) the samplers call, with labels, other conditions (``cond``: see
-        :meth:`context`) and guidance bound in."""
+        :meth:`context`; ``tokens``: a caption's), what the unconditional branch gets instead (``null_conditions``:
+        the empty caption's tokens, :func:`mmdiff.generate.prompt_conditions`) and guidance bound in."""
         guidance = self.guidance_for(guidance if isinstance(guidance, Guidance) else Guidance(float(guidance)))
         bound = {k: v.to(self.device) for k, v in (conditions or {}).items()}
-        return guidance.bind(self.denoiser, None if labels is None else labels.to(self.device), self.null_label, bound)
+        null = {k: v.to(self.device) for k, v in (null_conditions or {}).items()}
+        return guidance.bind(self.denoiser, None if labels is None else labels.to(self.device), self.null_label, bound,
+                             null)
 
     def completion(self, x_known: torch.Tensor, keep: torch.Tensor, sampler: str, sigmas: torch.Tensor,
                    options: dict | None = None, *, method: str = "auto", resample: int = 1, callback=None):
@@ -296,6 +300,14 @@ class Model:
         known = known.expand(x_known.shape[0], -1) if known.ndim == 1 else known
         return {"cond": context_input(x_known, known, self.modality.time_dim(self.shape))}
 
+    def _check_prompts(self, prompts: list[str] | None, why: str) -> None:
+        """Prompts given exactly when the model was trained with captions; else one UserError naming the fix."""
+        if self.tokenizer is not None and not prompts:
+            raise UserError(f"this checkpoint was trained with captions (conditioning=text), and {why}: give them "
+                            "with prompts=FILE (one per line) or prompt=\"...\"")
+        if self.tokenizer is None and prompts:
+            raise UserError("this checkpoint was trained without captions: drop prompt=/prompts=")
+
     def refuse_text(self, mode: str) -> None:
         """A UserError for the modes that do not take prompts yet, rather than running them unconditionally."""
         if self.tokenizer is not None:
@@ -373,10 +385,13 @@ class Model:
                         null_conditions=None if text is None else text[2])
 
     def fit_schedule(self, sampler: str = "dpmpp_2m", steps: int = 10, *, guidance: float | None = None,
-                     start: str = "karras", seed: int = 0, save: bool = False, **fit_options):
+                     start: str = "karras", seed: int = 0, save: bool = False, prompts: list[str] | None = None,
+                     **fit_options):
         """Fit a few-step schedule for ``sampler`` to this model (mmdiff.core.schedule_fit), keep it in
         ``self.schedules`` (and in the checkpoint file if ``save``); returns the FitResult. ``fit_options``:
         n, held_out, reference_steps, sweeps, iters, teacher (conf/config.yaml's ``fit`` node gives the rest).
+        The noises take the classes in turn, or for a model trained with captions the ``prompts`` (the ones it
+        will be sampled with: the schedule is fitted to the guided ODE of those).
         ``sampler="consistency"`` (a distilled student) fits its levels to the teacher's ODE samples (see
         mmdiff.core.schedule_fit): ``teacher`` is that checkpoint, by default the one the student records."""
         from .core.schedule_fit import DISTRIBUTIONAL, fit_schedule
@@ -389,11 +404,16 @@ class Model:
         guidance = top["guidance"] if guidance is None else guidance
         sampler_defaults(sampler)
         k = len(self.class_names)
+        self._check_prompts(prompts, "mode=fit_schedule fits the schedule to the guided ODE of the prompts the model "
+                                     "will be sampled with")
         teacher = self._fit_teacher(f.get("teacher")) if sampler in DISTRIBUTIONAL else None
 
         def problem(count: int, offset: int):
             gen = torch.Generator().manual_seed(seed + offset)
             noise = torch.randn(count, *self.shape, generator=gen).to(self.device)
+            if prompts:
+                index = torch.arange(offset, offset + count) % len(prompts)
+                return self.guided(None, guidance, *prompt_conditions(self.tokenizer, list(prompts), index)), noise, None
             labels = (torch.arange(offset, offset + count) % k) if k else None
             reference = None if teacher is None else teacher.guided(labels, teacher_guidance)
             return self.guided(labels, guidance), noise, reference
@@ -410,7 +430,7 @@ class Model:
         except ValueError as e:
             raise UserError(str(e)) from None
         record = result.to_dict() | {"guidance": guidance, "start_schedule": start, "n": f["n"], "seed": seed,
-                                     "model_step": self.step}
+                                     "model_step": self.step} | ({"prompts": len(prompts)} if prompts else {})
         self.schedules[schedule_key(sampler, steps)] = record
         if save:
             self.save_schedules()

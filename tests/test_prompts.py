@@ -131,7 +131,7 @@ def test_modes_without_prompts_refuse_a_caption_checkpoint(tiny_cfg, tmp_path):
     from mmdiff.tasks.fit_schedule import fit_schedule_from_config
     from mmdiff.tasks.train import train
     path = train(tiny_cfg(*SMALL_TEXT, "trainer.max_steps=1"), tmp_path / "text")
-    with pytest.raises(UserError, match="mode=fit_schedule does not take prompts yet"):
+    with pytest.raises(UserError, match="give them with prompts=FILE"):
         fit_schedule_from_config(tiny_cfg("mode=fit_schedule", f"checkpoint={path}"))
     with pytest.raises(UserError, match="mode=distill does not take yet"):
         distill_from_config(tiny_cfg("mode=distill", f"checkpoint={path}"), tmp_path / "student")
@@ -151,3 +151,26 @@ def test_prompts_from_the_command_line_values(tiny_cfg, tmp_path):
         read_prompts(tiny_cfg("prompt=x", f"prompts={tmp_path / 'p.txt'}"))
     with pytest.raises(UserError, match="does not exist"):
         read_prompts(tiny_cfg(f"prompts={tmp_path / 'none.txt'}"))
+
+
+def test_fit_schedule_fits_a_caption_model_to_the_guided_ode_of_its_prompts(tiny_cfg, tmp_path):
+    from mmdiff.checkpoint import load_checkpoint
+    from mmdiff.model import Model
+    from mmdiff.tasks.fit_schedule import fit_schedule_from_config
+    from mmdiff.tasks.train import train
+    path = train(tiny_cfg(*SMALL_TEXT, "trainer.max_steps=2"), tmp_path / "text")
+    fit = ["fit.n=4", "fit.held_out=0", "fit.reference_steps=6", "fit.sweeps=1", "fit.iters=2", "steps=3"]
+    record = fit_schedule_from_config(tiny_cfg("mode=fit_schedule", f"checkpoint={path}",
+                                               "prompt=[a thin four,a thick seven]", *fit))
+    assert record["prompts"] == 2 and load_checkpoint(path).extra["schedules"]["dpmpp_2m/3"]["prompts"] == 2
+    # the prompts and the guidance (against the empty caption's branch) change the problem being fitted
+    model = Model.from_checkpoint(path)
+    options = dict(n=4, held_out=0, reference_steps=6, sweeps=1, iters=2)
+    base = model.fit_schedule("dpmpp_2m", 3, prompts=["a thin four", "a thick seven"], **options).error
+    assert list(base) == list(record["error"])
+    assert list(model.fit_schedule("dpmpp_2m", 3, prompts=["an eight"], **options).error) != list(base)
+    assert list(model.fit_schedule("dpmpp_2m", 3, guidance=4.0, prompts=["a thin four", "a thick seven"],
+                                   **options).error) != list(base)
+    with pytest.raises(UserError, match="trained without captions"):
+        label = train(tiny_cfg("trainer.max_steps=1"), tmp_path / "label")
+        fit_schedule_from_config(tiny_cfg("mode=fit_schedule", f"checkpoint={label}", "prompt=a four", *fit))

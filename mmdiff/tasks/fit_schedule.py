@@ -10,19 +10,20 @@ from omegaconf import DictConfig
 from ..build import schedule_key
 from ..core.schedules import FITTED
 from ..model import Model, sampler_defaults
+from .sample import read_prompts
 
 
 def fit_schedule_from_config(cfg: DictConfig) -> dict:
     """Fit, store, and print the error before and after on the fitting and held-out noises."""
     model = Model.from_checkpoint(cfg.checkpoint, device=cfg.device, ema=cfg.ema)
-    model.refuse_text("fit_schedule")
+    prompts = read_prompts(cfg)   # a caption model: the prompts it will be sampled with
     f = cfg.fit
     start = (sampler_defaults(cfg.sampler.name)["schedule"] if cfg.sampler.schedule == FITTED  # refit from scratch
              else cfg.sampler.schedule)
     t0 = time.perf_counter()
     result = model.fit_schedule(cfg.sampler.name, cfg.steps, guidance=cfg.guidance, start=start, seed=cfg.seed,
                                 n=f.n, held_out=f.held_out, reference_steps=f.reference_steps, sweeps=f.sweeps,
-                                iters=f.iters, teacher=f.get("teacher"))
+                                iters=f.iters, teacher=f.get("teacher"), prompts=prompts)
     path = model.save_schedules(f.out)
     record = model.schedules[schedule_key(cfg.sampler.name, cfg.steps)]
     print(f"fitted a {cfg.steps}-step schedule for {cfg.sampler.name} (guidance {cfg.guidance}) in "
