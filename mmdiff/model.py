@@ -413,7 +413,10 @@ class Model:
             noise = torch.randn(count, *self.shape, generator=gen).to(self.device)
             if prompts:
                 index = torch.arange(offset, offset + count) % len(prompts)
-                return self.guided(None, guidance, *prompt_conditions(self.tokenizer, list(prompts), index)), noise, None
+                reference = None if teacher is None else teacher.guided(
+                    None, teacher_guidance, *prompt_conditions(teacher.tokenizer, list(prompts), index))
+                return (self.guided(None, guidance, *prompt_conditions(self.tokenizer, list(prompts), index)), noise,
+                        reference)
             labels = (torch.arange(offset, offset + count) % k) if k else None
             reference = None if teacher is None else teacher.guided(labels, teacher_guidance)
             return self.guided(labels, guidance), noise, reference

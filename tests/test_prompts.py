@@ -1,5 +1,6 @@
 """Text conditioning end to end: config, captions in training batches, and prompts through the command line."""
 
+import copy
 import json
 
 import pytest
@@ -126,15 +127,12 @@ def test_an_image_folder_trains_on_its_sidecar_captions(tiny_cfg, tmp_path):
     assert train(cfg, tmp_path / "run").is_file()
 
 
-def test_modes_without_prompts_refuse_a_caption_checkpoint(tiny_cfg, tmp_path):
-    from mmdiff.tasks.distill import distill_from_config
+def test_fit_schedule_asks_a_caption_checkpoint_for_its_prompts(tiny_cfg, tmp_path):
     from mmdiff.tasks.fit_schedule import fit_schedule_from_config
     from mmdiff.tasks.train import train
     path = train(tiny_cfg(*SMALL_TEXT, "trainer.max_steps=1"), tmp_path / "text")
     with pytest.raises(UserError, match="give them with prompts=FILE"):
         fit_schedule_from_config(tiny_cfg("mode=fit_schedule", f"checkpoint={path}"))
-    with pytest.raises(UserError, match="mode=distill does not take yet"):
-        distill_from_config(tiny_cfg("mode=distill", f"checkpoint={path}"), tmp_path / "student")
 
 
 def test_prompts_from_the_command_line_values(tiny_cfg, tmp_path):
@@ -174,3 +172,35 @@ def test_fit_schedule_fits_a_caption_model_to_the_guided_ode_of_its_prompts(tiny
     with pytest.raises(UserError, match="trained without captions"):
         label = train(tiny_cfg("trainer.max_steps=1"), tmp_path / "label")
         fit_schedule_from_config(tiny_cfg("mode=fit_schedule", f"checkpoint={label}", "prompt=a four", *fit))
+
+
+def test_a_caption_model_distils_with_guidance_against_the_empty_caption(tiny_cfg, tmp_path):
+    from mmdiff.model import Model
+    from mmdiff.tasks import distill as distill_module
+    from mmdiff.tasks.distill import distill_from_config
+    from mmdiff.tasks.train import train
+    teacher = train(tiny_cfg(*SMALL_TEXT, "trainer.max_steps=2"), tmp_path / "teacher")
+    losses = {}
+    real = distill_module.ConsistencyObjective.__call__
+
+    def record(self, run, b, part, step):   # the first micro-batch's loss at two guidance scales
+        out = real(self, run, b, part, step)
+        if step == 0:
+            assert "tokens" in b.conditions(part)         # the student trains on captions
+            other = copy.copy(self)
+            other.guidance = self.guidance + 2
+            losses[self.guidance] = (real(self, run, b, part, step), real(other, run, b, part, step))
+        return out
+    distill_module.ConsistencyObjective.__call__ = record
+    try:
+        student = distill_from_config(tiny_cfg(*SMALL_TEXT, "mode=distill", f"checkpoint={teacher}",
+                                               "trainer.max_steps=2", "distill.guidance=2.0"), tmp_path / "student")
+    finally:
+        distill_module.ConsistencyObjective.__call__ = real
+    a, b = losses[2.0]
+    assert not torch.allclose(a, b)    # the scale matters: the unconditional branch saw the empty caption
+    model = Model.from_checkpoint(student)
+    assert model.distilled["guidance"] == 2.0
+    x = model.sample(n=2, prompts="a thin four", steps=2)
+    assert x.shape == (2, *model.shape) and torch.isfinite(x).all()
+

@@ -124,8 +124,10 @@ class ConsistencyObjective:
         x_t = x0 + append_dims(t, x0.ndim) * n
         devices = [x0.device] if x0.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):  # the same dropout mask for both calls
-            if self.guidance != 1.0:
-                guided = Guidance(self.guidance).bind(self.teacher, labels, self.null_label, conditions)
+            if self.guidance != 1.0:   # captions: the unconditional branch gets the empty caption's tokens
+                null = {"tokens": run.captions_empty.to(x0.device).expand(len(x0), -1)} if "tokens" in conditions \
+                    else None
+                guided = Guidance(self.guidance).bind(self.teacher, labels, self.null_label, conditions, null)
                 d = (x_t - guided(x_t, t)) / append_dims(t, x0.ndim)               # dx/dsigma of the guided ODE
                 x_r = x_t + append_dims(r - t, x0.ndim) * d                         # one Euler step to r
             else:
@@ -145,12 +147,10 @@ def distill_from_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     if not teacher.ema or "diffusion" not in teacher.config:
         raise UserError(f"{source} is not an mmdiff diffusion checkpoint (no EMA weights or diffusion config): "
                         "distill a checkpoint written by mmdiff training (RUN/last.safetensors)")
-    if teacher.config["model"].get("text"):
-        raise UserError(f"{source} was trained with captions (conditioning=text), which mode=distill does not take yet: "
-                        "distill a conditioning=label (or unconditional) checkpoint")
     if (teacher.config.get("distill") or {}).get("from"):
         log.info("%s is itself a distilled student; tuning it further", source)
-    if float(cfg.distill.guidance) != 1.0 and not teacher.config["model"].get("num_classes"):
+    if float(cfg.distill.guidance) != 1.0 and not (teacher.config["model"].get("num_classes")
+                                                   or teacher.config["model"].get("text")):
         raise UserError(f"distill.guidance={cfg.distill.guidance}: the teacher is unconditional, so there is no "
                         "classifier-free guidance to distill: set distill.guidance=1")
     for key in ("budget", "lr_scale", "q", "double_every", "max_stages", "P_std"):
