@@ -43,7 +43,7 @@ from ..errors import UserError
 from .audio import FSDD_SPEAKERS
 from .dataset import Dataset
 from .file_captions import METADATA
-from .video import DIRECTIONS, STILL
+from .video import DIRECTIONS, STILL, direction as compass_direction
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +405,33 @@ def speed_levels(speed: torch.Tensor) -> list[str]:
     """[N] pixels per frame -> "slow", "medium" or "fast" by SPEED_CUTS; "still" for 0 (a clip of stills)."""
     levels = levels_at(speed, torch.zeros(len(speed), dtype=torch.long), {0: SPEED_CUTS})
     return ["still" if s == 0 else SPEED_LEVELS[int(v)] for s, v in zip(speed.tolist(), levels)]
+
+
+STILL_BELOW = 0.5   # a measured centroid speed below this many pixels per frame is a clip of stills
+
+
+def measure_motion(x: torch.Tensor, digits: torch.Tensor, reference: Dataset, sample_rate: int | None = None
+                   ) -> dict[str, list[str]]:
+    """The direction and speed of the (one) digit moving in each clip ``x`` [N, 1, T, H, W] in [0, 1], as
+    :func:`moving_digit_attributes` words them, measured from the ink's centroid: the direction of its first
+    step that moves at least half the speed (the generator records the velocity at frame 0; a digit that
+    bounces off a wall on its first step is read in its reflected direction), the speed the median length of
+    its steps (a bounce keeps each axis's speed). ``digits`` and ``reference`` are unused: the words are absolute."""
+    if x.dtype == torch.uint8 or float(x.max()) > 1.5 or x.ndim != 5 or x.shape[2] < 2:
+        raise ValueError("measure_motion takes float clips [N, 1, T >= 2, H, W] in [0, 1]")
+    w = x.float().mean(1)                                                    # [N, T, H, W]
+    mass = w.sum((-2, -1)).clamp(min=1e-8)
+    rows = (w.sum(-1) * torch.arange(w.shape[-2])).sum(-1) / mass            # [N, T]
+    cols = (w.sum(-2) * torch.arange(w.shape[-1])).sum(-1) / mass
+    steps = torch.stack([rows.diff(dim=1), cols.diff(dim=1)], -1)            # [N, T - 1, 2]
+    speed = steps.norm(dim=-1).median(dim=1).values
+    still = speed < STILL_BELOW
+    names = {i: DIRECTION_NAMES[d] for i, d in enumerate(DIRECTIONS)}
+    # the first step that moves (a digit at a wall may bounce back to where it was on its first step)
+    first = (steps.norm(dim=-1) >= speed[:, None] / 2).float().argmax(1)
+    heading = compass_direction(steps[torch.arange(len(steps)), first].double().numpy()).tolist()
+    return {"direction": ["still" if s else names[h] for s, h in zip(still.tolist(), heading)],
+            "speed": speed_levels(torch.where(still, 0.0, speed))}
 
 
 def moving_digit_attributes(dataset: Dataset) -> list[dict[str, str]]:

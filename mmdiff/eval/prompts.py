@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.captions import (CAPTIONERS, check_combinations, matches, measure_digits, measure_notes, note_levels,
-                             pitch_name)
+from ..data.captions import (CAPTIONERS, check_combinations, matches, measure_digits, measure_motion, measure_notes,
+                             moving_digit_attributes, note_levels, pitch_name)
 from ..data.dataset import Dataset
 
 
@@ -36,6 +36,11 @@ def _notes_known(reference: Dataset, train: Dataset) -> dict[str, list[str]]:
         "pitch": [pitch_name(int(m)) for m in reference.extras["midi"].tolist()]}
 
 
+def _motion_known(reference: Dataset, train: Dataset) -> dict[str, list[str]]:
+    attributes = moving_digit_attributes(reference)
+    return {k: [a[k] for a in attributes] for k in ("direction", "speed")}
+
+
 @dataclass(frozen=True)
 class Measurer:
     """How a dataset's prompts are measured."""
@@ -46,7 +51,8 @@ class Measurer:
 
 
 MEASURERS = {"digits": Measurer("digit", _digits_known, measure_digits),
-             "notes": Measurer("timbre", _notes_known, measure_notes)}
+             "notes": Measurer("timbre", _notes_known, measure_notes),
+             "moving_digits": Measurer("digit", _motion_known, measure_motion)}
 
 
 @dataclass
@@ -65,8 +71,9 @@ class PromptSet:
 
 
 def measurable(dataset: Dataset) -> bool:
-    """Whether samples of this dataset's model can be measured attribute by attribute."""
-    return dataset.texts is None and dataset.name in MEASURERS
+    """Whether samples of this dataset's model can be measured attribute by attribute (moving digits: one digit
+    per clip, whose centroid is its position)."""
+    return dataset.texts is None and dataset.name in MEASURERS and "label_2" not in dataset.extras
 
 
 def reference_attributes(train: Dataset, reference: Dataset) -> list[dict[str, str]]:
