@@ -128,8 +128,9 @@ def prompts_for(cfg: DictConfig, model: Model, train: Dataset, reference: Datase
                         "held-out items' own attributes; drop class=")
     if not measurable(train):
         raise UserError(f"mode=eval measures prompt following on datasets with measured captions "
-                        f"({', '.join(sorted(MEASURERS))}), and {train.name} has none yet: sample it with mode=sample "
-                        "prompts=FILE and measure the folder with mode=eval samples=FOLDER")
+                        f"({', '.join(sorted(MEASURERS))}; moving digits with one digit per clip), and {train.name} "
+                        "as configured has none yet: sample it with mode=sample prompts=FILE and measure the folder "
+                        "with mode=eval samples=FOLDER")
     hold_out = list((model.config.get("conditioning") or {}).get("hold_out") or [])
     return prompt_set(train, reference if reference is not None else train, hold_out, cfg.n,
                       int(options["held_out_per_combination"]), cfg.seed)
