@@ -129,6 +129,9 @@ def test_eval_reports_prompt_following_for_a_caption_model(tiny_cfg, tmp_path, c
     assert set(alignment) == {"samples", "real", "mismatched"} and alignment["samples"]["n"] == 42
     out = capsys.readouterr().out
     assert "prompt following, held-out combinations" in out and "text-sample alignment" in out
+    with pytest.raises(UserError, match="mode=eval with eval.sweep does not take prompts"):
+        evaluate_from_config(compose_config(["mode=eval", f"checkpoint={path}", "n=4", "eval.sweep.guidance=[1.0,2.0]"]),
+                             tmp_path / "e3")
     with pytest.raises(UserError, match="drop class="):
         evaluate_from_config(compose_config(["mode=eval", f"checkpoint={path}", "n=4", "class=3"]), tmp_path / "e2")
 

@@ -23,12 +23,12 @@ from ..build import (build_dataset, build_modality, build_sigmas, check_sampling
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..core.editing import continuation_mask
 from ..data import splits
+from ..data.captions import caption_dataset
 from ..data.dataset import Dataset
 from ..errors import UserError
 from ..eval.evaluate import check_inception, evaluate, format_table, read_samples_folder
 from ..eval.evaluator import Evaluator, load_or_train_evaluator
 from ..eval.metrics import psnr, ssim
-from ..data.captions import caption_dataset
 from ..eval.alignment import Aligner, load_or_train_aligner, prompt_alignment
 from ..eval.prompts import MEASURERS, PromptSet, attribute_accuracy, measurable, prompt_set
 from ..generate import from_noise, generate
@@ -103,8 +103,6 @@ def _generate(cfg: DictConfig, model: Model, asked: PromptSet | None = None):
     them, or (a model trained with captions) one per prompt of ``asked``, labelled with the class it asks for."""
     check_sampling_config(cfg)
     model.check_sampler(cfg.sampler.name)
-    if asked is None:
-        model.refuse_text("eval")
     n = cfg.n if asked is None else len(asked.prompts)
     labels, conditions, null = model.labels(cfg["class"], n), None, None
     if asked is not None:
@@ -294,6 +292,7 @@ def ema_guidance_sweep(cfg: DictConfig, model: Model, measure, sweep: dict, desc
     ``measure(fake, labels)``; prints the table of the Fréchet distance (and the class accuracy), writes it to
     ``out_dir/eval.json`` and, with ``store``, the best pair (lowest distance) into the checkpoint
     (``best_sampling``, atomically)."""
+    model.refuse_text("eval with eval.sweep")   # the sweep samples with class labels; plain mode=eval takes captions
     trained = {k: v.detach().clone() for k, v in model.denoiser.state_dict().items()}
     fd_key, rows = model.modality.fd_name, []
     for sigma_rel in [None, *sweep["sigma_rel"]]:  # the checkpoint's own EMA first, then each reconstruction
