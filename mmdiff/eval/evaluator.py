@@ -364,7 +364,8 @@ def _train(dataset, modality, held_out_data, *, epochs, seed, held_out, max_seco
             "aux_accuracy": dict(zip(targets, accuracies[1:])),
             "steps": step, "epochs": round(step / max(planned, 1) * epochs, 2),
             "seconds": round(time.perf_counter() - start, 2),
-            "cut_by_max_seconds": total < planned, "seed": seed, "dataset": dataset.name}
+            "cut_by_max_seconds": total < planned, "max_seconds": max_seconds, "seed": seed,
+            "dataset": dataset.name}
     log.info("evaluator: %s, %d classes, held-out accuracy %.4f on %d samples, %.1f epochs in %.1f s", modality.name,
              dataset.num_classes, accuracy, len(y_test), info["epochs"], info["seconds"])
     return Evaluator(net.cpu(), config, data_fingerprint(dataset, modality, held_out_data), info, modality)
@@ -392,7 +393,9 @@ def load_or_train_evaluator(dataset: Dataset, modality: Modality, cache_path: st
     (``train_options``), written atomically to the cache. ``cache_path`` defaults to
     :func:`evaluator_cache_path` (from the data's fingerprint and ``data_root``; :func:`cache_dir` is searched
     too, and written to if the data's folder turns out not to be writable). ``retrain=True`` trains and
-    overwrites whatever is cached. A cache that cannot be written is reported with a warning; the evaluator
+    overwrites whatever is cached. An evaluator cut short by ``max_seconds`` is cached too (with a warning: every
+    later call with the same budget then measures with the same classifier, where one trained again would differ
+    with the machine's speed); a call with a larger ``max_seconds`` trains it again. A cache that cannot be written is reported with a warning; the evaluator
     is still returned."""
     fingerprint = data_fingerprint(dataset, modality, held_out_data)
     if cache_path is not None:
@@ -408,6 +411,11 @@ def load_or_train_evaluator(dataset: Dataset, modality: Modality, cache_path: st
             warnings.warn(f"{e}; training a new one", stacklevel=2)
             continue
         if evaluator.fingerprint == fingerprint:
+            budget = float(train_options.get("max_seconds", 60.0))
+            if evaluator.info.get("cut_by_max_seconds") and budget > float(evaluator.info.get("max_seconds", 0.0)):
+                log.info("evaluator: %s was cut short by a budget of %s s; training again with %s s", path,
+                         evaluator.info.get("max_seconds"), budget)
+                break
             evaluator.from_cache = True
             log.info("evaluator: reusing %s (held-out accuracy %.4f)", path, evaluator.held_out_accuracy)
             return evaluator
@@ -415,14 +423,14 @@ def load_or_train_evaluator(dataset: Dataset, modality: Modality, cache_path: st
     log.info("evaluator: training a %s classifier on %d samples of %s", modality.name, len(dataset), dataset.name)
     evaluator = train_evaluator(dataset, modality, held_out_data, **train_options)
     if evaluator.info.get("cut_by_max_seconds"):
-        # a classifier cut short by a slow or busy machine measures less reliably and differs from run to run:
-        # say so, and keep it out of the cache so that it does not stand in for a fully trained one later
+        # a classifier cut short by a slow or busy machine measures less reliably, and one trained again would differ
+        # (the cut depends on the machine's speed): say so, and cache it all the same, so that every later run with
+        # this budget measures with the same one and their figures compare; a larger budget trains it again
         warnings.warn(f"the {modality.name} evaluator trained only {evaluator.info['epochs']} of its "
                       f"{train_options.get('epochs', 30)} epochs within eval.evaluator.max_seconds="
                       f"{train_options.get('max_seconds', 60.0)} (held-out accuracy {evaluator.held_out_accuracy:.3f}"
-                      "): its metrics are less reliable and it is not cached; raise eval.evaluator.max_seconds",
-                      stacklevel=2)
-        return evaluator
+                      "): its metrics are less reliable; it is cached for runs with this budget, so that their "
+                      "figures compare; raise eval.evaluator.max_seconds to train a full one", stacklevel=2)
     errors = []
     for path in paths:
         try:

@@ -370,6 +370,7 @@ def train_evaluator_from_config(cfg: DictConfig) -> Evaluator:
     evaluator = evaluator_for(train, reference, modality, run_cfg, options, retrain=True)
     print(f"evaluator for {train.name} ({modality.name}, {train.num_classes} classes): accuracy "
           f"{evaluator.held_out_accuracy:.4f} on {evaluator.info['n_held_out']} held-out samples ({described}), "
-          f"trained in {evaluator.info['seconds']} s, "
-          + (f"cached at {evaluator.path}" if evaluator.path else "not cached (cut short by eval.evaluator.max_seconds)"))
+          f"trained in {evaluator.info['seconds']} s"
+          + (" (cut short by eval.evaluator.max_seconds)" if evaluator.info.get("cut_by_max_seconds") else "")
+          + (f", cached at {evaluator.path}" if evaluator.path else ", not cached"))
     return evaluator
