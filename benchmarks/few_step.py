@@ -1,9 +1,10 @@
 """A consistency student (mode=distill) at 1, 2 and 4 steps against its teacher at 4, 6, 10 and 20 evaluations.
 
 For any modality: each row is `mode=eval` (the same held-out reference half, evaluator and seeds for every
-row, so the rows compare: give the evaluator a budget it finishes in, --eval eval.evaluator.max_seconds=900, or one
-cut short is not cached and is trained again, differently, for every row), the FD/FAD/FVD beside its real-vs-real floor and the class accuracy, plus the wall
-time to generate 1,000 samples (generation only, one process, this machine's threads). The teacher runs
+row, so the rows compare; give the evaluator a budget it finishes in, e.g. --eval eval.evaluator.max_seconds=900,
+for a fully trained one), the FD/FAD/FVD beside its real-vs-real floor and the class accuracy (for video also the
+frame-by-frame FD, class accuracy and identity), plus the wall time to generate 1,000 samples (generation only, one
+process, this machine's threads). The teacher runs
 ``--sampler`` (default unipc: 1 evaluation per step) with a schedule fitted at 4, 6 and 10 steps
 (mode=fit_schedule, stored in a copy of the teacher) and the Karras schedule at 20; the student runs
 sampler=consistency with its own schedule at 1, 2 and 4 steps, and at 2 steps with a fitted level. The tuning
@@ -78,8 +79,8 @@ def main() -> None:
     parser.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE",
                         help="options of the fit (n, held_out, reference_steps, sweeps, iters)")
     parser.add_argument("--eval", nargs="*", default=[], metavar="OVERRIDE",
-                        help="overrides for every mode=eval row, e.g. eval.evaluator.max_seconds=600: an evaluator "
-                             "cut short by its budget is not cached and is trained again, differently, for each row")
+                        help="overrides for every mode=eval row, e.g. eval.evaluator.max_seconds=900 (an evaluator "
+                             "that finishes its epochs instead of one cut short by the default 60 s)")
     args = parser.parse_args()
     fit_options = {}
     for item in args.fit:
