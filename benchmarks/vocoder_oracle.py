@@ -34,6 +34,8 @@ from mmdiff.modalities.spectral import LogMel
 from mmdiff.models.vocoder import Vocoder, load_vocoder
 from mmdiff.tasks.train_vocoder import evenly_spaced
 
+FLOOR = 1e-4  # the regression's target log-magnitudes are floored here; a prediction near it is silence
+
 
 def griffin_lim(mag: torch.Tensor, phase: torch.Tensor, stft, istft, iters: int = 64,
                 momentum: float = 0.99) -> torch.Tensor:
@@ -48,7 +50,7 @@ def griffin_lim(mag: torch.Tensor, phase: torch.Tensor, stft, istft, iters: int 
 
 
 def regress_magnitude(rep: LogMel, x: torch.Tensor, log_magnitude: torch.Tensor, seconds: float,
-                      floor: float = 1e-4) -> tuple[Vocoder, int]:
+                      floor: float = FLOOR) -> tuple[Vocoder, int]:
     """Train Vocos's backbone for ``seconds`` to map log-mels x [N, 1, n_mels, F] to the true STFT log-magnitudes
     [N, bins, F] (floored at ``floor``): the log-magnitude half of :meth:`Vocoder.spectrum`. -> (net, steps)."""
     torch.manual_seed(0)
@@ -114,10 +116,11 @@ def main() -> dict:
         train_cfg = compose(["modality=audio", f"dataset={args.dataset}", f"dataset.root={args.root}"])
         train = build_dataset(OmegaConf.to_container(train_cfg, resolve=True)).data.float()
         train_S = stft(rep._pad(train).reshape(len(train), -1))
-        net, steps = regress_magnitude(rep, rep.encode(train), train_S.abs().clamp(min=1e-4).log(), args.regress_seconds)
+        net, steps = regress_magnitude(rep, rep.encode(train), train_S.abs().clamp(min=FLOOR).log(),
+                                       args.regress_seconds)
         with torch.no_grad():
             mag = net.spectrum(x).abs()
-        mag = torch.where(mag <= 1.5e-4, torch.zeros_like(mag), mag)   # the floor it was trained to is silence
+        mag = torch.where(mag <= 1.5 * FLOOR, torch.zeros_like(mag), mag)   # the floor it was trained to is silence
         rows |= {"regression_steps": steps,
                  "regressed_magnitude_true_phase": distance(istft(torch.polar(mag, S.angle()))),
                  "regressed_magnitude_griffin_lim": distance(griffin_lim(mag, torch.zeros_like(mag), stft, istft))}

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "mmdiff-evaluator"
 VERSION = "2"  # 2: the front end comes from the modality
+MAX_SECONDS = 60.0  # train_evaluator's default time budget
 
 
 # --- the network ----------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def _lr_factor(progress: float, warmup: float = 0.05) -> float:
 
 
 def train_evaluator(dataset: Dataset, modality: Modality, held_out_data: Dataset | None = None, epochs: int = 30,
-                    seed: int = 0, held_out: float = 0.2, max_seconds: float = 60.0, batch_size: int = 64,
+                    seed: int = 0, held_out: float = 0.2, max_seconds: float = MAX_SECONDS, batch_size: int = 64,
                     lr: float = 3e-3, weight_decay: float = 1e-4, channels: tuple[int, ...] | None = None,
                     feature_dim: int = 128, augment: bool = True, num_threads: int | None = 1,
                     device: torch.device | str = "cpu") -> Evaluator:
@@ -395,8 +396,8 @@ def load_or_train_evaluator(dataset: Dataset, modality: Modality, cache_path: st
     too, and written to if the data's folder turns out not to be writable). ``retrain=True`` trains and
     overwrites whatever is cached. An evaluator cut short by ``max_seconds`` is cached too (with a warning: every
     later call with the same budget then measures with the same classifier, where one trained again would differ
-    with the machine's speed); a call with a larger ``max_seconds`` trains it again. A cache that cannot be written is reported with a warning; the evaluator
-    is still returned."""
+    with the machine's speed); a call with a larger ``max_seconds`` trains it again. A cache that cannot be
+    written is reported with a warning; the evaluator is still returned."""
     fingerprint = data_fingerprint(dataset, modality, held_out_data)
     if cache_path is not None:
         paths = [Path(cache_path)]
@@ -411,11 +412,11 @@ def load_or_train_evaluator(dataset: Dataset, modality: Modality, cache_path: st
             warnings.warn(f"{e}; training a new one", stacklevel=2)
             continue
         if evaluator.fingerprint == fingerprint:
-            budget = float(train_options.get("max_seconds", 60.0))
+            budget = float(train_options.get("max_seconds", MAX_SECONDS))
             if evaluator.info.get("cut_by_max_seconds") and budget > float(evaluator.info.get("max_seconds", 0.0)):
-                log.info("evaluator: %s was cut short by a budget of %s s; training again with %s s", path,
+                log.info("evaluator: %s was cut short by a budget of %s s; not reused for %s s", path,
                          evaluator.info.get("max_seconds"), budget)
-                break
+                continue
             evaluator.from_cache = True
             log.info("evaluator: reusing %s (held-out accuracy %.4f)", path, evaluator.held_out_accuracy)
             return evaluator
@@ -428,9 +429,10 @@ def load_or_train_evaluator(dataset: Dataset, modality: Modality, cache_path: st
         # this budget measures with the same one and their figures compare; a larger budget trains it again
         warnings.warn(f"the {modality.name} evaluator trained only {evaluator.info['epochs']} of its "
                       f"{train_options.get('epochs', 30)} epochs within eval.evaluator.max_seconds="
-                      f"{train_options.get('max_seconds', 60.0)} (held-out accuracy {evaluator.held_out_accuracy:.3f}"
-                      "): its metrics are less reliable; it is cached for runs with this budget, so that their "
-                      "figures compare; raise eval.evaluator.max_seconds to train a full one", stacklevel=2)
+                      f"{train_options.get('max_seconds', MAX_SECONDS)} (held-out accuracy "
+                      f"{evaluator.held_out_accuracy:.3f}): its metrics are less reliable; it is cached for runs "
+                      "with this budget, so that their figures compare; raise eval.evaluator.max_seconds to train "
+                      "a full one", stacklevel=2)
     errors = []
     for path in paths:
         try:
